@@ -14,6 +14,7 @@ class MiniGPT4Model(MiniVLMModel):
     config_class = MiniGPT4Config
     # As in BLIP-2: the Q-Former and its queries stay in fp32 whatever dtype the language model is loaded in.
     _keep_in_fp32_modules = ["query_tokens", "qformer"]
+    _keep_in_fp32_modules_strict = ["query_tokens", "qformer"]
     _supports_flash_attn = False  # the fp32 Q-Former cannot use Flash Attention
 
     def __init__(self, config: MiniGPT4Config):
@@ -52,6 +53,7 @@ class MiniGPT4ForConditionalGeneration(MiniVLMForConditionalGeneration):
     config_class = MiniGPT4Config
     model_class = MiniGPT4Model
     _keep_in_fp32_modules = ["query_tokens", "qformer"]
+    _keep_in_fp32_modules_strict = ["query_tokens", "qformer"]
     _supports_flash_attn = False
 
 

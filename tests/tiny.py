@@ -133,3 +133,107 @@ def make_image(seed: int = 0, size: tuple[int, int] = (40, 30), mode: str = "RGB
     rng = np.random.default_rng(seed)
     array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
     return Image.fromarray(array, "RGB").convert(mode)
+
+
+def tiny_llava(tokenizer=None, vision: str = "clip", text: str = "llama", **config_kwargs):
+    """A random MiniLlava model (eval mode) and its tokenizer."""
+    import torch
+    from minillava.modeling import MiniLlavaConfig, MiniLlavaForConditionalGeneration
+
+    tokenizer = tokenizer or make_tokenizer()
+    vision_config = {"clip": clip_vision_config, "siglip": siglip_vision_config}[vision]()
+    text_config = {"llama": llama_config, "qwen2": qwen2_config}[text](len(tokenizer))
+    if vision == "siglip":
+        config_kwargs.setdefault("vision_feature_select_strategy", "full")
+    config = MiniLlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        **config_kwargs,
+    )
+    torch.manual_seed(0)
+    return MiniLlavaForConditionalGeneration(config).eval(), tokenizer
+
+
+def tiny_minigpt4(tokenizer=None, num_query_tokens: int = 4):
+    """A random MiniGPT-4 model (eval mode) and its tokenizer."""
+    import torch
+    from minillava.modeling import MiniGPT4Config, MiniGPT4ForConditionalGeneration
+
+    tokenizer = tokenizer or make_tokenizer()
+    config = MiniGPT4Config(
+        vision_config=blip2_vision_config(),
+        qformer_config=blip2_qformer_config(),
+        text_config=llama_config(len(tokenizer)),
+        num_query_tokens=num_query_tokens,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(0)
+    return MiniGPT4ForConditionalGeneration(config).eval(), tokenizer
+
+
+def image_prompt_ids(tokenizer, model, texts: list[str]) -> list[list[int]]:
+    """Token ids of `texts` with each `<image>` expanded to the model's image token count, BOS first."""
+    n = model.config.image_seq_length
+    return [
+        [tokenizer.bos_token_id] + tokenizer(text.replace("<image>", "<image>" * n), add_special_tokens=False).input_ids
+        for text in texts
+    ]
+
+
+def save_parts(folder, seed: int = 0) -> dict[str, str]:
+    """Saves separately pretrained-looking parts (random): CLIP, SigLIP, BLIP-2 (with a tiny OPT), Llama, Qwen2,
+    each with its tokenizer or image processor, as `minillava build` expects them. Returns name -> path."""
+    from pathlib import Path
+
+    import torch
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        BlipImageProcessor,
+        CLIPImageProcessor,
+        CLIPVisionModel,
+        LlamaForCausalLM,
+        OPTConfig,
+        Qwen2ForCausalLM,
+        SiglipImageProcessor,
+        SiglipVisionModel,
+    )
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    paths = {}
+    tokenizer = make_tokenizer(image_tokens=())
+    for name, model in (
+        ("llama", LlamaForCausalLM(llama_config(len(tokenizer)))),
+        ("qwen2", Qwen2ForCausalLM(qwen2_config(len(tokenizer)))),
+    ):
+        model.save_pretrained(folder / name)
+        tokenizer.save_pretrained(folder / name)
+        paths[name] = str(folder / name)
+    for name, model, image_processor in (
+        ("clip", CLIPVisionModel(clip_vision_config()), CLIPImageProcessor(size={"shortest_edge": 16}, crop_size=16)),
+        (
+            "siglip",
+            SiglipVisionModel(siglip_vision_config()),
+            SiglipImageProcessor(size={"height": 16, "width": 16}),
+        ),
+    ):
+        model.save_pretrained(folder / name)
+        image_processor.save_pretrained(folder / name)
+        paths[name] = str(folder / name)
+    blip2_config = Blip2Config(
+        vision_config=blip2_vision_config().to_dict(),
+        qformer_config=blip2_qformer_config().to_dict(),
+        text_config=OPTConfig(
+            vocab_size=99, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2, word_embed_proj_dim=16
+        ).to_dict(),
+        num_query_tokens=4,
+    )
+    blip2 = Blip2ForConditionalGeneration(blip2_config)
+    with torch.no_grad():
+        blip2.query_tokens.normal_(std=0.02)
+    blip2.save_pretrained(folder / "blip2")
+    BlipImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder / "blip2")
+    paths["blip2"] = str(folder / "blip2")
+    return paths
