@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AddedToken,
     AutoConfig,
     AutoImageProcessor,
     AutoModelForCausalLM,
@@ -95,7 +96,7 @@ def _dtype(name: str) -> torch.dtype | str:
 
 def _add_image_token(tokenizer: PreTrainedTokenizerBase) -> None:
     if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_additional_special_tokens=False)
+        tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
     if tokenizer.pad_token is None:
         # LLaVA pads with unk when the tokenizer has no pad token (Vicuna); add one only if there is no unk either
         if tokenizer.unk_token is not None:
@@ -235,7 +236,6 @@ def save(model: MiniVLMForConditionalGeneration, processor: MiniLlavaProcessor, 
             f"The processor expands images to {processor.num_image_tokens} tokens but the model expects "
             f"{model.config.image_seq_length}"
         )
-    MiniLlavaProcessor.register_for_auto_class("AutoProcessor")
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     logger.info("Saved %s and its processor to %s", type(model).__name__, output_dir)

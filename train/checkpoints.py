@@ -50,8 +50,11 @@ def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
     return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
 
 
-def load_exact(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Loads `state_dict` into `module`, refusing any missing or unexpected key with the full lists."""
+def load_exact(
+    module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str, assign: bool = False
+) -> None:
+    """Loads `state_dict` into `module`, refusing any missing or unexpected key with the full lists. With `assign`,
+    the module takes the tensors themselves (no copy: for modules created without initialising their weights)."""
     expected = set(module.state_dict())
     missing = sorted(expected - set(state_dict))
     unexpected = sorted(set(state_dict) - expected)
@@ -60,7 +63,7 @@ def load_exact(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], sou
             f"{source} does not match {type(module).__name__}: missing keys {missing or 'none'}; "
             f"unexpected keys {unexpected or 'none'}"
         )
-    module.load_state_dict(state_dict, strict=True)
+    module.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 __all__ = ["load_exact", "load_tensors", "strip_prefix", "weight_files"]

@@ -105,7 +105,7 @@ HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
 TRAIN_PAIRS: tuple[tuple[str, str], ...] = tuple(
     pair for pair in itertools.product(SHAPES, COLOURS) if pair not in HELD_OUT_PAIRS
 )
-SPLITS: tuple[str, ...] = ("train", "test")
+SPLITS: tuple[str, ...] = ("train", "test", "pretrain")
 _NOVEL_FRACTION = 0.5  # share of "test" scenes drawn from HELD_OUT_PAIRS
 
 # Stage-1 instructions in the spirit of LLaVA's brief-description prompts (the `plain` template drops them).
@@ -233,7 +233,9 @@ def _jitter(rng: random.Random, rgb: Sequence[int], amount: int) -> tuple[int, i
 
 
 def _sample_scene(rng: random.Random, split: str) -> Scene:
-    if split == "train" or rng.random() >= _NOVEL_FRACTION:
+    if split == "pretrain":
+        shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+    elif split == "train" or rng.random() >= _NOVEL_FRACTION:
         shape, colour = rng.choice(TRAIN_PAIRS)
     else:
         shape, colour = rng.choice(HELD_OUT_PAIRS)
@@ -244,7 +246,7 @@ def _sample_scene(rng: random.Random, split: str) -> Scene:
         cells = tuple(sorted(rng.sample([(row, col) for row in range(3) for col in range(3)], count)))
     objects = []
     for row, col in cells:
-        size = rng.uniform(0.2, 0.28)  # of the image side; a grid cell is 1/3
+        size = rng.uniform(0.24, 0.32)  # of the image side; a grid cell is 1/3
         slack = (1 / 3 - size) / 2
         cx = (col + 0.5) / 3 + rng.uniform(-slack, slack)
         cy = (row + 0.5) / 3 + rng.uniform(-slack, slack)

@@ -1,0 +1,675 @@
+"""Small pretrained components for the offline demo, built reproducibly on CPU and cached on disk.
+
+The demo needs real features to align in stage 1, so every part is pretrained on the synthetic world of
+[`minillava.train.demo_world`] (only on its `"train"` split):
+
+- [`tiny_tokenizer_and_lm`]: a byte-level BPE tokenizer over the world's text and the chat templates' words, and a
+  small `LlamaForCausalLM` pretrained on captions and question-answer conversations (text only);
+- [`tiny_clip_vision`]: a `CLIPVisionModel` (and its `CLIPImageProcessor`) whose patch features at layer -2, the
+  ones LLaVA-1.5 feeds its projector, are trained to encode colour, shape, count and position;
+- [`tiny_blip2`]: a BLIP-2 front end for MiniGPT-4 (vision model, Q-Former, query tokens) trained the same way on
+  the Q-Former outputs, saved as a `Blip2ForConditionalGeneration` checkpoint with a one-layer random OPT so the key
+  layout is that of a real `Salesforce/blip2-*` checkpoint, plus a `BlipImageProcessor`.
+
+Each function returns the folder of its component and builds it only when it is missing. Folders live in
+`<cache_dir>/<name>-<version>` (`-quick` appended for the reduced `quick=True` build); `cache_dir` defaults to
+`$MINILLAVA_COMPONENTS_CACHE` or `~/.cache/minillava/components`. A folder is complete once its `minillava_build.json`
+(settings, timings and quality checks) exists; it is written into a temporary folder and renamed at the end.
+
+```bash
+python -m minillava.train.components --quick      # or: --cache-dir /tmp/components
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+from transformers import (
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2QFormerConfig,
+    Blip2VisionConfig,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTConfig,
+    PreTrainedTokenizerFast,
+)
+
+from minillava.train.demo_world import (
+    ANSWERS,
+    CAPTION_PROMPTS,
+    COLOURS,
+    COUNTS,
+    POSITIONS,
+    SHAPES,
+    Scene,
+    answer_kind,
+    make_scenes,
+    normalize_answer,
+    world_sentences,
+)
+
+
+try:  # transformers 5 names the PIL back ends explicitly (the default ones need torchvision)
+    from transformers import BlipImageProcessorPil as BlipImageProcessor
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:  # transformers 4.x
+    from transformers import BlipImageProcessor, CLIPImageProcessor
+
+
+__all__ = [
+    "BUILD_INFO_NAME",
+    "COMPONENTS_VERSION",
+    "IMAGE_SIZE",
+    "MINIGPT4_SYSTEM_PROMPT",
+    "NUM_QUERY_TOKENS",
+    "PATCH_SIZE",
+    "SPECIAL_TOKENS",
+    "VICUNA_SYSTEM_PROMPT",
+    "build_all",
+    "build_tokenizer",
+    "default_cache_dir",
+    "lm_corpus",
+    "main",
+    "probe_vision_features",
+    "tiny_blip2",
+    "tiny_clip_vision",
+    "tiny_tokenizer_and_lm",
+]
+
+COMPONENTS_VERSION = "1"
+BUILD_INFO_NAME = "minillava_build.json"
+CACHE_ENV = "MINILLAVA_COMPONENTS_CACHE"
+
+IMAGE_SIZE = 48
+PATCH_SIZE = 8
+NUM_QUERY_TOKENS = 8
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # ids 0-3, as in tests/tiny.py
+VICUNA_SYSTEM_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+MINIGPT4_SYSTEM_PROMPT = (
+    "Give the following image: <Img>ImageContent</Img>. "
+    "You will be able to see the image once I provide it to you. Please answer my questions."
+)
+# Template pieces the tokenizer should encode compactly even where the LM corpus does not use them.
+_TEMPLATE_TEXTS = (
+    "USER: <image>\n",
+    " ASSISTANT: ",
+    "###Human: <Img><ImageHere></Img> ",
+    "###Assistant: ",
+    "[INST] <Img><ImageHere></Img> ",
+    " [/INST] ",
+    "<image>",
+    "\n",
+    ", . ? ! : ; ' \" ( ) [ ] < > / # - _ 0 1 2 3 4 5 6 7 8 9",
+)
+_SEED = 0
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """How much pretraining a component gets; `quick` trades quality for time."""
+
+    steps: int
+    batch_size: int
+    num_images: int  # distinct training scenes (vision) or texts (LM)
+    lr: float
+
+
+_SCHEDULES = {
+    ("lm", False): _Schedule(steps=500, batch_size=32, num_images=6000, lr=3e-3),
+    ("lm", True): _Schedule(steps=150, batch_size=32, num_images=2000, lr=3e-3),
+    ("vision", False): _Schedule(steps=500, batch_size=64, num_images=6000, lr=2e-3),
+    ("vision", True): _Schedule(steps=150, batch_size=64, num_images=2000, lr=2e-3),
+}
+_PROBE_IMAGES = {False: (1500, 600), True: (600, 300)}  # (train, test) scenes for the attribute probe
+
+
+def default_cache_dir() -> Path:
+    """`$MINILLAVA_COMPONENTS_CACHE`, else `~/.cache/minillava/components`."""
+    return Path(os.environ.get(CACHE_ENV, "~/.cache/minillava/components")).expanduser()
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch inside the block and give the caller's RNG state back afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _cached(
+    name: str, cache_dir: str | Path | None, quick: bool, verbose: bool, build: Callable[[Path, bool, bool], dict]
+) -> Path:
+    """Return `<cache_dir>/<name>-<version>[-quick]`, building it with `build(folder, quick, verbose)` if missing."""
+    path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = path / f"{name}-{COMPONENTS_VERSION}{'-quick' if quick else ''}"
+    if (path / BUILD_INFO_NAME).is_file():
+        return path
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    start = time.perf_counter()
+    try:
+        with _seeded(_SEED):
+            metrics = build(tmp, quick, verbose)
+        info = {
+            "name": name,
+            "version": COMPONENTS_VERSION,
+            "quick": quick,
+            "seed": _SEED,
+            "build_seconds": round(time.perf_counter() - start, 2),
+            "torch_threads": torch.get_num_threads(),
+            "metrics": metrics,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "platform": platform.platform(),
+        }
+        (tmp / BUILD_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+        if path.exists() and not (path / BUILD_INFO_NAME).is_file():
+            shutil.rmtree(path)  # an incomplete folder from an interrupted build
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (path / BUILD_INFO_NAME).is_file():  # nobody else finished it either
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if verbose:
+        tqdm.write(f"[minillava] built {path.name} in {info['build_seconds']:.1f}s: {json.dumps(metrics)}")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer and language model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _vicuna(turns: Sequence[tuple[str, str]], image: bool) -> str:
+    """vicuna_v1 (LLaVA-1.5): `{system} USER: <image>\\n{q} ASSISTANT: {a}</s>USER: ...`, without the image."""
+    text = VICUNA_SYSTEM_PROMPT + " "
+    for turn, (question, answer) in enumerate(turns):
+        prefix = "\n" if image and turn == 0 else ""  # what is left of "<image>\n" once the image is cut out
+        text += f"USER: {prefix}{question} ASSISTANT: {answer}</s>"
+    return text
+
+
+def _minigpt4(question: str, answer: str, system: bool) -> str:
+    """MiniGPT-4 vicuna0: `###Human: <Img>{image}</Img> {q}###Assistant: {a}###`, without the image."""
+    head = MINIGPT4_SYSTEM_PROMPT + "###" if system else "###"
+    return f"{head}Human: <Img></Img> {question}###Assistant: {answer}###"
+
+
+def lm_corpus(num_texts: int, split: str = "train", seed: int = 0) -> list[str]:
+    """Text-only documents about `num_texts` scenes: plain captions and conversations in both chat templates.
+
+    Each scene gives one document, cycling through: a caption (LLaVA's `plain` stage-1 text), a vicuna_v1
+    captioning turn, a vicuna_v1 single question, a vicuna_v1 multi-turn VQA conversation and a MiniGPT-4 turn.
+    """
+    texts = []
+    for index, scene in enumerate(make_scenes(num_texts, split, seed)):
+        pairs = scene.questions()
+        rng = random.Random(index)
+        kind = index % 5
+        if kind == 0:
+            texts.append(scene.caption() + "\n")
+        elif kind == 1:
+            texts.append(_vicuna([(scene.caption_instruction(), scene.caption())], image=True))
+        elif kind == 2:
+            texts.append(_vicuna([rng.choice(pairs)], image=True))
+        elif kind == 3:
+            texts.append(_vicuna(rng.sample(pairs, len(pairs)), image=True))
+        else:
+            question, answer = rng.choice(pairs + [(scene.caption_instruction(), scene.caption())])
+            texts.append(_minigpt4(question, answer, system=rng.random() < 0.5))
+    return texts
+
+
+def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the demo world's text (any text encodes, never to `<unk>`).
+
+    Like Llama's, it prepends `<s>` (use `add_special_tokens=False` to skip it) and does not append `</s>`.
+    """
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # Word frequencies follow the LM corpus, so template words merge as early as the world's own words.
+    corpus = lm_corpus(1000) + list(world_sentences()) + list(_TEMPLATE_TEXTS)
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    bos = SPECIAL_TOKENS[1]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=512,
+        padding_side="right",
+    )
+
+
+def _lm_config(vocab_size: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        tie_word_embeddings=False,
+    )
+
+
+def _lm_batches(
+    tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], batch_size: int, generator: torch.Generator
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless shuffled batches; documents end with `</s>` and padding is masked out of the loss."""
+    ids = [tokenizer(text).input_ids for text in texts]
+    ids = [row if row[-1] == tokenizer.eos_token_id else row + [tokenizer.eos_token_id] for row in ids]
+    while True:
+        for start in range(0, len(ids) - batch_size + 1, batch_size):
+            order = torch.randperm(len(ids), generator=generator) if start == 0 else order
+            yield _pad([ids[i] for i in order[start : start + batch_size].tolist()], tokenizer.pad_token_id)
+
+
+def _pad(rows: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    length = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), length), pad_id)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": input_ids.masked_fill(mask == 0, -100)}
+
+
+def _warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / steps, 1)))
+    )
+
+
+@torch.no_grad()
+def _lm_quality(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, num_texts: int) -> dict[str, float]:
+    """Held-out perplexity, and how often greedy decoding after a question gives an answer of the right kind."""
+    model.eval()
+    texts = lm_corpus(num_texts, split="test")
+    nll, count = 0.0, 0
+    for start in range(0, len(texts), 32):
+        batch = _pad([tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts[start : start + 32]], 3)
+        loss = model(**batch).loss
+        tokens = int((batch["labels"][:, 1:] != -100).sum())
+        nll, count = nll + float(loss) * tokens, count + tokens
+    questions = [pair for scene in make_scenes(num_texts // 4, "test") for pair in scene.questions()]
+    right_kind = 0
+    for question, answer in questions:
+        prompt = tokenizer(_vicuna([(question, "")], image=True).removesuffix("</s>").rstrip(), return_tensors="pt")
+        out = model.generate(**prompt, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        prediction = normalize_answer(tokenizer.decode(out[0, prompt.input_ids.shape[1] :], skip_special_tokens=True))
+        right_kind += prediction in ANSWERS and answer_kind(prediction) == answer_kind(answer)
+    return {"heldout_perplexity": round(math.exp(nll / count), 3), "answer_kind_accuracy": right_kind / len(questions)}
+
+
+def _build_lm(folder: Path, quick: bool, verbose: bool) -> dict[str, float]:
+    schedule = _SCHEDULES["lm", quick]
+    tokenizer = build_tokenizer()
+    model = LlamaForCausalLM(_lm_config(len(tokenizer)))
+    generator = torch.Generator().manual_seed(_SEED)
+    batches = _lm_batches(tokenizer, lm_corpus(schedule.num_images), schedule.batch_size, generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=0.01)
+    scheduler = _warmup_cosine(optimizer, schedule.steps)
+    model.train()
+    progress = tqdm(range(schedule.steps), desc="tiny-llama", disable=not verbose, leave=False)
+    for _ in progress:
+        loss = model(**next(batches)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    metrics = {"final_train_loss": round(loss.item(), 4), **_lm_quality(model, tokenizer, 200 if quick else 400)}
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return metrics
+
+
+def tiny_tokenizer_and_lm(cache_dir: str | Path | None = None, quick: bool = False, verbose: bool = True) -> Path:
+    """Folder with a pretrained tiny `LlamaForCausalLM` (hidden 128, 2 layers) and its BPE tokenizer."""
+    return _cached("tiny-llama", cache_dir, quick, verbose, _build_lm)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vision towers
+# ----------------------------------------------------------------------------------------------------------------
+
+# Global attributes, each a slice of one linear head's logits: (name, classes).
+_ATTRIBUTES = (("colour", len(COLOURS)), ("shape", len(SHAPES)), ("count", len(COUNTS)), ("position", len(POSITIONS)))
+
+
+class _AttributeHeads(nn.Module):
+    """Linear heads that pretrain vision features; they are dropped after training.
+
+    `scene_loss` reads colour, shape, count, position (single objects) and which cells of the 3x3 grid hold an
+    object from pooled or per-token features; `patch_loss` reads, from every patch feature, the shape and colour of
+    the object under it (or background).
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.scene = nn.Linear(hidden_size, sum(classes for _, classes in _ATTRIBUTES) + 9)
+        self.patch_shape = nn.Linear(hidden_size, len(SHAPES) + 1)
+        self.patch_colour = nn.Linear(hidden_size, len(COLOURS) + 1)
+
+    def scene_loss(self, features: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`features`: `(batch, hidden)`, or `(batch, tokens, hidden)` where every token predicts the whole scene."""
+        logits = self.scene(features)
+        if logits.dim() == 3:
+            targets = {key: value.repeat_interleave(logits.shape[1], dim=0) for key, value in targets.items()}
+            logits = logits.flatten(0, 1)
+        loss, offset = logits.new_zeros(()), 0
+        for name, classes in _ATTRIBUTES:
+            loss = loss + F.cross_entropy(logits[:, offset : offset + classes], targets[name], ignore_index=-100)
+            offset += classes
+        return loss + F.binary_cross_entropy_with_logits(logits[:, offset:], targets["cells"])
+
+    def patch_loss(self, features: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`features`: `(batch, patches, hidden)`, without the CLS token."""
+        shape_loss = F.cross_entropy(self.patch_shape(features).flatten(0, 1), targets["patch_shape"].flatten())
+        colour_loss = F.cross_entropy(self.patch_colour(features).flatten(0, 1), targets["patch_colour"].flatten())
+        return shape_loss + colour_loss
+
+
+def _scene_targets(scenes: Sequence[Scene], grid: int) -> dict[str, torch.Tensor]:
+    """Labels for the pretraining heads and the probe, `-100` where one does not apply.
+
+    Patches at least 20% covered by an object are labelled with its shape and colour, clean background patches
+    (under 2%) with an extra "none" class, and the patches in between are ignored.
+    """
+    colours, shapes = list(COLOURS), list(SHAPES)
+    targets: dict[str, list] = {name: [] for name in ("colour", "shape", "count", "position", "cells")}
+    targets.update(patch_shape=[], patch_colour=[])
+    for scene in scenes:
+        targets["colour"].append(colours.index(scene.colour))
+        targets["shape"].append(shapes.index(scene.shape))
+        targets["count"].append(scene.count - 1)
+        targets["position"].append(POSITIONS.index(scene.position) if scene.position else -100)
+        targets["cells"].append([float((row, col) in scene.cells) for row in range(3) for col in range(3)])
+        coverage = torch.tensor(scene.coverage(grid, IMAGE_SIZE)).flatten()
+        for name, values in (("patch_shape", shapes), ("patch_colour", colours)):
+            label = torch.full(coverage.shape, -100)
+            label[coverage < 0.02] = len(values)
+            label[coverage >= 0.2] = values.index(getattr(scene, name.removeprefix("patch_")))
+            targets[name].append(label)
+    return {name: torch.stack(values) if name.startswith("patch") else torch.tensor(values) for name, values in targets.items()}
+
+
+def _clip_features(model: CLIPVisionModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What LLaVA-1.5's projector sees (layer -2, CLS dropped) and the pooled CLS output."""
+    outputs = model(pixel_values=pixel_values, output_hidden_states=True)
+    return outputs.hidden_states[-2][:, 1:], outputs.pooler_output
+
+
+def _blip2_features(model: Blip2ForConditionalGeneration, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vision model's patch outputs and the Q-Former's query outputs (what MiniGPT-4's projection sees)."""
+    image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
+    query_tokens = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
+    mask = torch.ones(image_embeds.shape[:2], dtype=torch.long)
+    queries = model.qformer(query_embeds=query_tokens, encoder_hidden_states=image_embeds, encoder_attention_mask=mask)
+    return image_embeds[:, 1:], queries.last_hidden_state
+
+
+def _pixel_values(image_processor: Any, scenes: Sequence[Scene]) -> torch.Tensor:
+    images = [scene.render(IMAGE_SIZE) for scene in scenes]
+    return torch.cat([image_processor(images[i : i + 512], return_tensors="pt").pixel_values for i in range(0, len(images), 512)])
+
+
+def _pretrain_vision(
+    model: nn.Module,
+    losses: Callable[[nn.Module, _AttributeHeads, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor],
+    image_processor: Any,
+    hidden_size: int,
+    quick: bool,
+    desc: str,
+    verbose: bool,
+) -> float:
+    """Train `model` with attribute heads on `"train"` scenes; returns the last loss."""
+    schedule = _SCHEDULES["vision", quick]
+    scenes = make_scenes(schedule.num_images, "train", seed=_SEED)
+    pixel_values = _pixel_values(image_processor, scenes)
+    targets = _scene_targets(scenes, IMAGE_SIZE // PATCH_SIZE)
+    heads = _AttributeHeads(hidden_size)
+    parameters = [*model.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=schedule.lr, weight_decay=0.01)
+    scheduler = _warmup_cosine(optimizer, schedule.steps)
+    generator = torch.Generator().manual_seed(_SEED)
+    model.train()
+    progress = tqdm(range(schedule.steps), desc=desc, disable=not verbose, leave=False)
+    for _ in progress:
+        index = torch.randint(len(scenes), (schedule.batch_size,), generator=generator)
+        loss = losses(model, heads, pixel_values[index], {key: value[index] for key, value in targets.items()})
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval()
+    return round(loss.item(), 4)
+
+
+def _linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
+    """Test accuracy of an L2-regularised multinomial logistic regression (L-BFGS) on standardised features."""
+    train_x, test_x = train_x[train_y != -100], test_x[test_y != -100]
+    train_y, test_y = train_y[train_y != -100], test_y[test_y != -100]
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-5
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    weight = torch.zeros(train_x.shape[1], int(train_y.max()) + 1, requires_grad=True)
+    bias = torch.zeros(weight.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(train_x @ weight + bias, train_y) + 1e-3 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return float(((test_x @ weight + bias).argmax(-1) == test_y).float().mean())
+
+
+@torch.no_grad()
+def _probe(features: Callable[[torch.Tensor], torch.Tensor], image_processor: Any, quick: bool) -> dict[str, float]:
+    """Linear probes from flattened features of `"train"` scenes to attributes of held-out `"test"` scenes."""
+    num_train, num_test = _PROBE_IMAGES[quick]
+    split_data = []
+    for split, count in (("train", num_train), ("test", num_test)):
+        scenes = make_scenes(count, split, seed=_SEED + 1)  # other scenes than those the tower was trained on
+        pixel_values = _pixel_values(image_processor, scenes)
+        flat = torch.cat([features(pixel_values[i : i + 256]).flatten(1) for i in range(0, len(scenes), 256)])
+        split_data.append((flat, _scene_targets(scenes, IMAGE_SIZE // PATCH_SIZE)))
+    (train_x, train_t), (test_x, test_t) = split_data
+    with torch.enable_grad():
+        return {f"probe_{name}": round(_linear_probe(train_x, train_t[name], test_x, test_t[name]), 4) for name, _ in _ATTRIBUTES}
+
+
+def _clip_image_processor() -> CLIPImageProcessor:
+    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+def _blip_image_processor() -> BlipImageProcessor:
+    return BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+def _build_clip(folder: Path, quick: bool, verbose: bool) -> dict[str, float]:
+    config = CLIPVisionConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        projection_dim=64,
+    )
+    model = CLIPVisionModel(config)
+    image_processor = _clip_image_processor()
+
+    def losses(model: CLIPVisionModel, heads: _AttributeHeads, pixel_values: torch.Tensor, targets: dict) -> torch.Tensor:
+        patches, pooled = _clip_features(model, pixel_values)
+        return heads.patch_loss(patches, targets) + heads.scene_loss(patches, targets) + heads.scene_loss(pooled, targets)
+
+    final_loss = _pretrain_vision(model, losses, image_processor, config.hidden_size, quick, "tiny-clip-vision", verbose)
+    metrics = {"final_train_loss": final_loss, **_probe(lambda x: _clip_features(model, x)[0], image_processor, quick)}
+    model.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    return metrics
+
+
+def tiny_clip_vision(cache_dir: str | Path | None = None, quick: bool = False, verbose: bool = True) -> Path:
+    """Folder with a pretrained `CLIPVisionModel` (48 px, patch 8, hidden 64, 3 layers) and its image processor."""
+    return _cached("tiny-clip-vision", cache_dir, quick, verbose, _build_clip)
+
+
+def _blip2_config() -> Blip2Config:
+    vision = Blip2VisionConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        initializer_range=0.02,  # the 1e-10 default leaves a tower to be trained all but zero
+    )
+    qformer = Blip2QFormerConfig(
+        vocab_size=64,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        max_position_embeddings=64,
+        cross_attention_frequency=1,
+        encoder_hidden_size=64,
+    )
+    # MiniGPT-4 never runs BLIP-2's language model: a random one-layer OPT keeps the checkpoint layout real.
+    text = OPTConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        ffn_dim=64,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        word_embed_proj_dim=32,
+    )
+    return Blip2Config(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=NUM_QUERY_TOKENS,
+    )
+
+
+def _build_blip2(folder: Path, quick: bool, verbose: bool) -> dict[str, float]:
+    model = Blip2ForConditionalGeneration(_blip2_config())
+    nn.init.normal_(model.query_tokens, std=0.02)  # BLIP-2's initialisation; transformers leaves them at zero
+    image_processor = _blip_image_processor()
+    hidden_size = model.config.qformer_config.hidden_size
+
+    def losses(model: nn.Module, heads: _AttributeHeads, pixel_values: torch.Tensor, targets: dict) -> torch.Tensor:
+        patches, queries = _blip2_features(model, pixel_values)
+        return heads.patch_loss(patches, targets) + heads.scene_loss(queries, targets) + heads.scene_loss(queries.mean(1), targets)
+
+    final_loss = _pretrain_vision(model, losses, image_processor, hidden_size, quick, "tiny-blip2", verbose)
+    metrics = {"final_train_loss": final_loss, **_probe(lambda x: _blip2_features(model, x)[1], image_processor, quick)}
+    model.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    return metrics
+
+
+def tiny_blip2(cache_dir: str | Path | None = None, quick: bool = False, verbose: bool = True) -> Path:
+    """Folder with a BLIP-2 checkpoint whose vision model, Q-Former (2 layers) and 8 query tokens are pretrained."""
+    return _cached("tiny-blip2", cache_dir, quick, verbose, _build_blip2)
+
+
+def probe_vision_features(path: str | Path, quick: bool = True) -> dict[str, float]:
+    """Attribute probe accuracies (held-out scenes) of a saved [`tiny_clip_vision`] or [`tiny_blip2`] folder.
+
+    Features are those the connector sees: CLIP's layer -2 patch features (CLS dropped) or BLIP-2's query outputs.
+    Chance is 1/6 for colour, 1/5 for shape and position, 1/3 for count.
+    """
+    config = transformers.AutoConfig.from_pretrained(path)
+    if config.model_type == "blip-2":
+        model, image_processor = Blip2ForConditionalGeneration.from_pretrained(path), BlipImageProcessor.from_pretrained(path)
+        features = lambda pixel_values: _blip2_features(model, pixel_values)[1]  # noqa: E731
+    else:
+        model, image_processor = CLIPVisionModel.from_pretrained(path), CLIPImageProcessor.from_pretrained(path)
+        features = lambda pixel_values: _clip_features(model, pixel_values)[0]  # noqa: E731
+    model.eval()
+    return _probe(features, image_processor, quick)
+
+
+def build_all(cache_dir: str | Path | None = None, quick: bool = False, verbose: bool = True) -> dict[str, Path]:
+    """Build (or find) every component; returns `{"lm": ..., "clip_vision": ..., "blip2": ...}` folders."""
+    return {
+        "lm": tiny_tokenizer_and_lm(cache_dir, quick, verbose),
+        "clip_vision": tiny_clip_vision(cache_dir, quick, verbose),
+        "blip2": tiny_blip2(cache_dir, quick, verbose),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    """`python -m minillava.train.components [--cache-dir DIR] [--quick]`: build and print what was built."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", default=None, help=f"default: ${CACHE_ENV} or ~/.cache/minillava/components")
+    parser.add_argument("--quick", action="store_true", help="reduced pretraining, for `minillava demo --quick`")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    paths = build_all(args.cache_dir, quick=args.quick)
+    for name, path in paths.items():
+        info = json.loads((path / BUILD_INFO_NAME).read_text())
+        print(f"{name:12s} {path}  (built in {info['build_seconds']}s)  {json.dumps(info['metrics'])}")
+    print(f"total {time.perf_counter() - start:.1f}s")
+    return paths
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,671 @@
+"""Training data as TRL conversational vision rows: LLaVA JSON, caption JSON, cc_sbu_align, HF messages + images."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image as PILImage
+
+
+logger = logging.getLogger(__name__)
+
+DATASET_FORMATS = ("llava", "cc_sbu_align", "messages")
+IMAGE_PLACEHOLDER = "<image>"
+ROLES = ("system", "user", "assistant")
+# LLaVA's `conversations[].from` values
+LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+# MiniGPT-4's `prompts/alignment.txt`, the instructions of its stage 2 on cc_sbu_align (`<Img><ImageHere></Img> ` is
+# written by the chat template from the image part).
+MINIGPT4_ALIGNMENT_PROMPTS = (
+    "Describe this image in detail.",
+    "Take a look at this image and describe what you notice.",
+    "Please provide a detailed description of the picture.",
+    "Could you describe the contents of this image for me?",
+)
+# How many skipped samples are listed in the log; all of them go to `skipped_samples.json`.
+MAX_LOGGED_SAMPLES = 50
+
+
+class BadSampleError(ValueError):
+    """A training sample that cannot be used; the message names it by id and by where it comes from."""
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """A sample left out of training, and why."""
+
+    id: str
+    source: str
+    kind: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"sample {self.id!r} ({self.source}): {self.reason}"
+
+
+@dataclass
+class SkipReport:
+    """The samples left out of a dataset, found before training starts."""
+
+    total: int
+    skipped: list[SkippedSample] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.skipped)
+
+    def counts(self) -> dict[str, int]:
+        """Skipped samples per kind of problem."""
+        return dict(Counter(sample.kind for sample in self.skipped))
+
+    def summary(self) -> str:
+        """One paragraph: how many samples are skipped, per kind, and which (the first ones)."""
+        if not self.skipped:
+            return f"All {self.total} samples are usable."
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.counts().items()))
+        lines = [f"Skipping {len(self.skipped)} of {self.total} samples ({kinds}):"]
+        lines += [f"  - {sample}" for sample in self.skipped[:MAX_LOGGED_SAMPLES]]
+        if len(self.skipped) > MAX_LOGGED_SAMPLES:
+            lines.append(f"  ... and {len(self.skipped) - MAX_LOGGED_SAMPLES} more")
+        return "\n".join(lines)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes every skipped sample to a JSON file."""
+        records = [sample.__dict__ for sample in self.skipped]
+        Path(path).write_text(json.dumps({"total": self.total, "skipped": records}, indent=1))
+
+
+def _sample_features():
+    from datasets import Features, Image, List, Value
+
+    return Features(
+        {
+            "id": Value("string"),
+            "source": Value("string"),
+            "messages": List(
+                {"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})}
+            ),
+            "images": List(Image(decode=False)),
+            "error": Value("string"),
+            "error_kind": Value("string"),
+        }
+    )
+
+
+def _row(sample_id: str, source: str, messages=None, images=None, error: tuple[str, str] | None = None) -> dict:
+    kind, reason = error if error is not None else (None, None)
+    return {
+        "id": str(sample_id),
+        "source": source,
+        "messages": messages if error is None else [],
+        "images": images if error is None else [],
+        "error": reason,
+        "error_kind": kind,
+    }
+
+
+def split_placeholders(text: str) -> list[dict[str, Any]]:
+    """A text as content parts, an image part where each `<image>` is written.
+
+    Text around a placeholder is stripped, as LLaVA's `preprocess_multimodal` does (`"<image>\\nWhat is it?"` gives
+    an image part and `"What is it?"`); a text without placeholder is kept as it is.
+    """
+    pieces = text.split(IMAGE_PLACEHOLDER)
+    if len(pieces) == 1:
+        return [{"type": "text", "text": text}]
+    parts = []
+    for index, piece in enumerate(pieces):
+        if index:
+            parts.append({"type": "image", "text": None})
+        if piece.strip():
+            parts.append({"type": "text", "text": piece.strip()})
+    return parts
+
+
+def normalize_messages(messages: Any, num_images: int) -> list[dict[str, Any]]:
+    """Messages in TRL's conversational vision format (`content` as typed parts), checked.
+
+    String contents and text parts have their `<image>` placeholders turned into image parts in place. When no
+    message holds a placeholder, the images go before the first user message's content (TRL's
+    `prepare_multimodal_messages` convention). Raises `BadSampleError` (with a kind) on a malformed conversation, a
+    conversation without assistant answer, an image in an assistant turn, or a placeholder count that differs from
+    the number of images.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise _bad("invalid record", "`messages` is missing or empty")
+    normalized = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            role = message.get("role") if isinstance(message, dict) else type(message).__name__
+            raise _bad("invalid record", f"message {index} has role {role!r}; expected one of {ROLES}")
+        content = message.get("content")
+        if isinstance(content, str):
+            parts = split_placeholders(content)
+        elif isinstance(content, list):
+            parts = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text" and isinstance(part.get("text"), str):
+                    parts += split_placeholders(part["text"])
+                elif kind in ("image", "image_url"):
+                    parts.append({"type": "image", "text": None})
+                else:
+                    raise _bad("invalid record", f"message {index} has a content part {part!r}")
+        else:
+            raise _bad("invalid record", f"message {index} has no text content")
+        if message["role"] != "user" and any(part["type"] == "image" for part in parts):
+            raise _bad("image outside a user turn", f"message {index} ({message['role']}) holds an image")
+        normalized.append({"role": message["role"], "content": parts})
+
+    placeholders = sum(part["type"] == "image" for message in normalized for part in message["content"])
+    if placeholders == 0 and num_images:
+        first_user = next((m for m in normalized if m["role"] == "user"), None)
+        if first_user is None:
+            raise _bad("invalid record", "the sample has images but no user turn")
+        first_user["content"] = [{"type": "image", "text": None}] * num_images + first_user["content"]
+    elif placeholders != num_images:
+        more_or_fewer = "more" if placeholders > num_images else "fewer"
+        raise _bad(
+            "placeholder mismatch",
+            f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) for {num_images} image(s) ({more_or_fewer} "
+            "placeholders than images)",
+        )
+    if not any(
+        message["role"] == "assistant" and any(part["type"] == "text" and part["text"].strip() for part in message["content"])
+        for message in normalized
+    ):
+        raise _bad("no assistant turn", "no assistant turn with text to learn from (every label would be masked)")
+    return normalized
+
+
+def _bad(kind: str, reason: str) -> BadSampleError:
+    error = BadSampleError(reason)
+    error.kind = kind
+    return error
+
+
+def _image_ref(value: Any, image_folder: Path | None) -> dict[str, Any]:
+    """An image reference `{"bytes", "path"}` (what `datasets.Image(decode=False)` stores) for a path or a ref."""
+    if isinstance(value, (str, os.PathLike)):
+        return {"bytes": None, "path": str(_resolve(value, image_folder))}
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        if value.get("bytes") is None and value.get("path"):
+            return {"bytes": None, "path": str(_resolve(value["path"], image_folder))}
+        return {"bytes": value.get("bytes"), "path": value.get("path")}
+    if isinstance(value, PILImage.Image):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+    raise _bad("invalid record", f"an image is given as {type(value).__name__}, not a path or an image")
+
+
+def _resolve(path: str | os.PathLike, image_folder: Path | None) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() or image_folder is None else image_folder / path
+
+
+# Reading JSON / JSONL with the line each record starts on, so that a bad sample can be found in its file.
+
+
+def _json_array_records(text: str, start: int, path: str) -> Iterator[tuple[int, Any]]:
+    """`(line, record)` for each element of the JSON array that starts at `text[start]`."""
+    decoder = json.JSONDecoder()
+    whitespace = re.compile(r"\s*")
+    position = whitespace.match(text, start).end()
+    if text[position : position + 1] != "[":
+        raise ValueError(f"{path}: expected a JSON array of records")
+    position, line, counted = position + 1, 1, 0
+    while True:
+        position = whitespace.match(text, position).end()
+        if text[position : position + 1] == "]":
+            return
+        line += text.count("\n", counted, position)
+        counted = position
+        try:
+            record, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from error
+        yield line, record
+        position = whitespace.match(text, position).end()
+        if text[position : position + 1] == ",":
+            position += 1
+        elif text[position : position + 1] != "]":
+            raise ValueError(f"{path}:{line + text.count(chr(10), counted, position)}: expected ',' or ']'")
+
+
+def iter_json_records(path: str | os.PathLike, key: str | None = None) -> Iterator[tuple[int, Any]]:
+    """`(line, record)` for each record of a JSON array file, a JSON object's `key` array, or a JSONL file."""
+    path = str(path)
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as file:
+            for line, text in enumerate(file, start=1):
+                if text.strip():
+                    try:
+                        yield line, json.loads(text)
+                    except json.JSONDecodeError as error:
+                        yield line, BadSampleError(f"invalid JSON ({error.msg})")
+        return
+    text = Path(path).read_text(encoding="utf-8")
+    start = 0
+    if key is not None:
+        match = re.match(rf'\s*\{{\s*"{re.escape(key)}"\s*:', text)
+        if match is None:  # the array is not the first key: no line numbers
+            records = json.loads(text)[key]
+            yield from ((0, record) for record in records)
+            return
+        start = match.end()
+    yield from _json_array_records(text, start, path)
+
+
+def _where(path: str | os.PathLike, line: int, index: int) -> str:
+    return f"{path}:{line}" if line else f"{path} record {index}"
+
+
+# The adapters: each gives a `datasets.Dataset` of `id`, `source`, `messages`, `images` (refs), `error`, `error_kind`.
+
+
+def llava_rows(path: str | os.PathLike, image_folder: str | os.PathLike | None = None) -> list[dict]:
+    """LLaVA conversation JSON (`llava_v1_5_mix665k.json`, LCS-558K's `blip_laion_cc_sbu_558k.json`, ...).
+
+    Each record is `{"id", "image" (optional, a path or a list of paths relative to `image_folder`),
+    "conversations": [{"from": "human" | "gpt", "value": ...}, ...]}`; `<image>` marks where each image goes.
+    Images are relative to `image_folder` (LLaVA's `--image_folder`), else to the JSON file's folder.
+    """
+    folder = Path(image_folder) if image_folder is not None else Path(path).resolve().parent
+    rows = []
+    for index, (line, record) in enumerate(iter_json_records(path)):
+        source = _where(path, line, index)
+        sample_id = record.get("id", index) if isinstance(record, dict) else index
+        try:
+            if isinstance(record, BadSampleError):
+                raise _bad("invalid record", str(record))
+            if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+                raise _bad("invalid record", "no `conversations` list")
+            messages = []
+            for turn in record["conversations"]:
+                if not isinstance(turn, dict) or turn.get("from") not in LLAVA_ROLES or not isinstance(turn.get("value"), str):
+                    raise _bad("invalid record", f"a turn is not {{'from': 'human' | 'gpt', 'value': str}}: {turn!r}")
+                messages.append({"role": LLAVA_ROLES[turn["from"]], "content": turn["value"]})
+            image = record.get("image")
+            paths = [] if image is None else image if isinstance(image, list) else [image]
+            images = [_image_ref(p, folder) for p in paths]
+            if images and not any(IMAGE_PLACEHOLDER in m["content"] for m in messages):
+                raise _bad(
+                    "placeholder mismatch",
+                    f"0 {IMAGE_PLACEHOLDER} placeholder(s) for {len(images)} image(s) (fewer placeholders than images)",
+                )
+            rows.append(_row(sample_id, source, normalize_messages(messages, len(images)), images))
+        except BadSampleError as error:
+            rows.append(_row(sample_id, source, error=(getattr(error, "kind", "invalid record"), str(error))))
+    return rows
+
+
+def cc_sbu_align_rows(folder: str | os.PathLike, image_folder: str | os.PathLike | None = None) -> list[dict]:
+    """MiniGPT-4's stage-2 data: `filter_cap.json` (`{"annotations": [{"image_id", "caption"}]}`) and
+    `image/{image_id}.jpg`. The user turn is the image and one of MiniGPT-4's four alignment instructions, picked
+    from the image id (so a sample always gets the same one); the caption is the answer.
+
+    `folder` is the dataset folder (or its `filter_cap.json`); images are read from `image_folder`, else `image/`
+    beside the JSON file.
+    """
+    folder = Path(folder)
+    json_path = folder if folder.is_file() else folder / "filter_cap.json"
+    images_dir = Path(image_folder) if image_folder is not None else json_path.parent / "image"
+    rows = []
+    for index, (line, record) in enumerate(iter_json_records(json_path, key="annotations")):
+        source = _where(json_path, line, index)
+        sample_id = record.get("image_id", index) if isinstance(record, dict) else index
+        if not isinstance(record, dict) or not isinstance(record.get("caption"), str) or "image_id" not in record:
+            rows.append(_row(sample_id, source, error=("invalid record", "expected {'image_id', 'caption'}")))
+            continue
+        if not record["caption"].strip():
+            rows.append(_row(sample_id, source, error=("no assistant turn", "the caption is empty")))
+            continue
+        prompt = MINIGPT4_ALIGNMENT_PROMPTS[zlib.crc32(str(sample_id).encode()) % len(MINIGPT4_ALIGNMENT_PROMPTS)]
+        messages = [
+            {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": prompt}]},
+            {"role": "assistant", "content": [{"type": "text", "text": record["caption"]}]},
+        ]
+        rows.append(_row(sample_id, source, messages, [_image_ref(f"{sample_id}.jpg", images_dir)]))
+    return rows
+
+
+def messages_rows_from_file(path: str | os.PathLike, image_folder: str | os.PathLike | None = None) -> list[dict]:
+    """A JSON or JSONL file of `{"messages": [...], "images": [paths]}` records (`id` optional); image paths are
+    relative to `image_folder`, else to the file's folder."""
+    folder = Path(image_folder) if image_folder is not None else Path(path).resolve().parent
+    rows = []
+    for index, (line, record) in enumerate(iter_json_records(path)):
+        source = _where(path, line, index)
+        sample_id = record.get("id", index) if isinstance(record, dict) else index
+        try:
+            if isinstance(record, BadSampleError):
+                raise _bad("invalid record", str(record))
+            if not isinstance(record, dict):
+                raise _bad("invalid record", "a record is not a JSON object")
+            images = record.get("images", [record["image"]] if record.get("image") is not None else [])
+            images = [_image_ref(image, folder) for image in images or []]
+            rows.append(_row(sample_id, source, normalize_messages(record.get("messages"), len(images)), images))
+        except BadSampleError as error:
+            rows.append(_row(sample_id, source, error=(getattr(error, "kind", "invalid record"), str(error))))
+    return rows
+
+
+def _normalize_messages_batch(batch: dict, indices: list[int], name: str, image_folder: Path | None) -> dict:
+    """`datasets.map` function giving the sample columns of a `messages` + `images` (or `image`) dataset."""
+    size = len(indices)
+    ids = batch.get("id", indices)
+    image_column = batch.get("images") or [[image] if image is not None else [] for image in batch.get("image", [])]
+    rows = []
+    for i in range(size):
+        source = f"{name} row {indices[i]}"
+        try:
+            images = [_image_ref(image, image_folder) for image in (image_column[i] if image_column else []) or []]
+            rows.append(_row(ids[i], source, normalize_messages(batch["messages"][i], len(images)), images))
+        except BadSampleError as error:
+            rows.append(_row(ids[i], source, error=(getattr(error, "kind", "invalid record"), str(error))))
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+
+
+def messages_dataset(dataset, name: str, image_folder: str | os.PathLike | None = None, num_proc: int | None = None):
+    """A `datasets.Dataset` with `messages` and `images` (or `image`) columns as sample rows; images are not
+    decoded (an `Image` column is read as bytes, path columns as paths relative to `image_folder`)."""
+    from datasets import Image, List
+
+    if "messages" not in dataset.column_names:
+        raise ValueError(f"{name} has no `messages` column (columns: {dataset.column_names}).")
+    for column in ("images", "image"):
+        feature = dataset.features.get(column)
+        if isinstance(feature, Image):
+            dataset = dataset.cast_column(column, Image(decode=False))
+        elif isinstance(getattr(feature, "feature", None), Image):
+            dataset = dataset.cast_column(column, List(Image(decode=False)))
+    columns = [c for c in ("id", "messages", "images", "image") if c in dataset.column_names]
+    return dataset.select_columns(columns).map(
+        _normalize_messages_batch,
+        batched=True,
+        with_indices=True,
+        fn_kwargs={"name": name, "image_folder": Path(image_folder) if image_folder else None},
+        remove_columns=columns,
+        features=_sample_features(),
+        num_proc=num_proc,
+        desc="Reading samples",
+    )
+
+
+def infer_format(dataset_name: str) -> str:
+    """The format of `dataset_name`: a LLaVA JSON, a cc_sbu_align folder, or a messages dataset (file, saved
+    folder or Hub id)."""
+    path = Path(dataset_name)
+    if path.is_dir():
+        return "cc_sbu_align" if (path / "filter_cap.json").is_file() else "messages"
+    if path.is_file():
+        if path.name == "filter_cap.json":
+            return "cc_sbu_align"
+        for _, record in iter_json_records(path):
+            if isinstance(record, dict) and "conversations" in record:
+                return "llava"
+            if isinstance(record, dict) and "messages" in record:
+                return "messages"
+            break
+        raise ValueError(
+            f"Cannot tell the format of {dataset_name} from its first record; pass --dataset_format "
+            f"({', '.join(DATASET_FORMATS)})."
+        )
+    return "messages"
+
+
+def read_dataset(
+    dataset_name: str,
+    dataset_format: str | None = None,
+    image_folder: str | None = None,
+    dataset_config: str | None = None,
+    split: str = "train",
+    num_proc: int | None = None,
+):
+    """Reads `dataset_name` into sample rows (a `datasets.Dataset`, images not decoded, with an `error` column)."""
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    dataset_format = dataset_format or infer_format(dataset_name)
+    if dataset_format not in DATASET_FORMATS:
+        raise ValueError(f"Unknown dataset format {dataset_format!r}; choose one of {', '.join(DATASET_FORMATS)}.")
+    if dataset_format == "llava":
+        return Dataset.from_list(llava_rows(dataset_name, image_folder), features=_sample_features())
+    if dataset_format == "cc_sbu_align":
+        return Dataset.from_list(cc_sbu_align_rows(dataset_name, image_folder), features=_sample_features())
+    path = Path(dataset_name)
+    if path.is_file():
+        return Dataset.from_list(messages_rows_from_file(path, image_folder), features=_sample_features())
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        dataset = load_from_disk(str(path))
+    else:
+        dataset = load_dataset(dataset_name, name=dataset_config, split=split)
+    if isinstance(dataset, DatasetDict):
+        if split not in dataset:
+            raise ValueError(f"{dataset_name} has no split {split!r} (splits: {list(dataset)}).")
+        dataset = dataset[split]
+    return messages_dataset(dataset, f"{dataset_name}[{split}]", image_folder, num_proc)
+
+
+# Checks before training: cheap, no image is decoded (headers only) and texts are tokenized without images.
+
+
+def probe_image(ref: dict[str, Any]) -> str | None:
+    """Why an image cannot be used (missing, not an image, a decompression bomb), from its header; None if fine.
+
+    Only the header is read: a file whose data is truncated passes here and is caught when it is decoded for
+    training ([`decode_images`]).
+    """
+    name = ref.get("path") or "embedded image"
+    if ref.get("bytes") is None:
+        if not ref.get("path") or not os.path.isfile(ref["path"]):
+            return f"image file {name} is missing"
+    try:
+        with PILImage.open(io.BytesIO(ref["bytes"]) if ref.get("bytes") is not None else ref["path"]) as image:
+            width, height = image.size
+    except (OSError, PILImage.DecompressionBombError, ValueError) as error:
+        return f"image {name} cannot be read: {error}"
+    if width < 1 or height < 1:
+        return f"image {name} is empty ({width}x{height})"
+    return None
+
+
+def _check_batch(batch: dict, processor, chat_template: str | None, max_length: int | None, require_image: bool) -> dict:
+    errors, kinds = list(batch["error"]), list(batch["error_kind"])
+    to_measure = []
+    for i, images in enumerate(batch["images"]):
+        if errors[i] is not None:
+            continue
+        problem = next((p for p in (probe_image(ref) for ref in images) if p is not None), None)
+        if problem is not None:
+            kinds[i], errors[i] = ("missing image" if "missing" in problem else "unreadable image"), problem
+        elif require_image and not images:
+            kinds[i], errors[i] = "no image", "a text-only sample has nothing to train in the align stage"
+        elif max_length is not None:
+            to_measure.append(i)
+    if to_measure:
+        texts = processor.apply_chat_template(
+            [batch["messages"][i] for i in to_measure], chat_template=chat_template, tokenize=False
+        )
+        token_ids = processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        image_token_id = processor.image_token_id
+        for i, ids in zip(to_measure, token_ids):
+            num_images = len(batch["images"][i])
+            rendered = sum(1 for token in ids if token == image_token_id)
+            length = len(ids) + rendered * (processor.num_image_tokens - 1)
+            if rendered != num_images:
+                kinds[i] = "placeholder mismatch"
+                errors[i] = f"the chat template writes {rendered} image placeholder(s) for {num_images} image(s)"
+            elif length > max_length:
+                kinds[i] = "too long"
+                errors[i] = (
+                    f"{length} tokens ({rendered * processor.num_image_tokens} of them image tokens) exceed "
+                    f"max_length={max_length}; samples are skipped rather than truncated into"
+                )
+    return {"error": errors, "error_kind": kinds}
+
+
+def check_samples(
+    dataset,
+    processor,
+    chat_template: str | None = None,
+    max_length: int | None = None,
+    require_image: bool = False,
+    num_proc: int | None = None,
+):
+    """Fills the `error` column of sample rows: image files missing or unreadable (header), text-only samples where
+    an image is required, and samples longer than `max_length` once rendered with `chat_template` and their image
+    placeholders expanded."""
+    return dataset.map(
+        _check_batch,
+        batched=True,
+        fn_kwargs={
+            "processor": processor,
+            "chat_template": chat_template,
+            "max_length": max_length,
+            "require_image": require_image,
+        },
+        num_proc=num_proc,
+        desc="Checking samples",
+    )
+
+
+def split_bad_samples(dataset, strict: bool = False):
+    """`(usable rows, SkipReport)`; with `strict`, raises `BadSampleError` naming the first bad sample instead."""
+    bad = dataset.filter(lambda error: error is not None, input_columns="error")
+    report = SkipReport(total=len(dataset))
+    if len(bad):
+        rows = bad.select_columns(["id", "source", "error_kind", "error"]).to_list()
+        report.skipped = [SkippedSample(r["id"], r["source"], r["error_kind"], r["error"]) for r in rows]
+        if strict:
+            others = f" ({len(rows) - 1} other bad sample(s) found)" if len(rows) > 1 else ""
+            raise BadSampleError(f"{report.skipped[0]}{others}")
+        dataset = dataset.filter(lambda error: error is None, input_columns="error")
+    return dataset.remove_columns(["error", "error_kind"]), report
+
+
+# Decoding for training, once per use of a sample.
+
+
+def load_image(ref: dict[str, Any]) -> PILImage.Image:
+    """Decodes an image reference to an upright RGB PIL image (EXIF orientation, alpha on white)."""
+    from minillava.processing import to_rgb_image
+
+    image = PILImage.open(io.BytesIO(ref["bytes"]) if ref.get("bytes") is not None else ref["path"])
+    image.load()
+    return to_rgb_image(image)
+
+
+def decode_images(batch: dict) -> dict:
+    """`Dataset.with_transform` function: decodes each row's images to PIL; a row whose image fails to decode gets
+    no images and an `image_error` for the collator to report."""
+    images, errors = [], []
+    for refs in batch["images"]:
+        try:
+            images.append([load_image(ref) for ref in refs])
+            errors.append(None)
+        except Exception as error:  # any decoding failure: the sample is reported and skipped, not the run
+            name = next((ref.get("path") for ref in refs if ref.get("path")), "an embedded image")
+            images.append([])
+            errors.append(f"image {name} cannot be decoded: {error}")
+    return {**batch, "images": images, "image_error": errors}
+
+
+def load_sft_dataset(
+    dataset_name: str | Any,
+    processor,
+    dataset_format: str | None = None,
+    image_folder: str | None = None,
+    dataset_config: str | None = None,
+    split: str = "train",
+    chat_template: str | None = None,
+    max_length: int | None = None,
+    require_image: bool = False,
+    strict: bool = False,
+    num_proc: int | None = None,
+):
+    """The usable samples of a dataset, images decoded on access, and the [`SkipReport`] of the others.
+
+    `dataset_name` is a path or Hub id (see [`read_dataset`]) or a `datasets.Dataset` with `messages` and `images`.
+    Validation is cheap and runs once, up front: record structure, image headers (no pixel is decoded) and token
+    lengths (texts only). Images are decoded when a batch is built; one that fails then is reported by
+    [`DataCollatorWithSampleChecks`].
+    """
+    if isinstance(dataset_name, str):
+        rows = read_dataset(dataset_name, dataset_format, image_folder, dataset_config, split, num_proc)
+    else:
+        rows = messages_dataset(dataset_name, "train_dataset", image_folder, num_proc)
+    rows = check_samples(rows, processor, chat_template, max_length, require_image, num_proc)
+    dataset, report = split_bad_samples(rows, strict=strict)
+    if not len(dataset):
+        raise BadSampleError(f"No usable sample in {dataset_name}.\n{report.summary()}")
+    return dataset.with_transform(decode_images), report
+
+
+@dataclass
+class DataCollatorWithSampleChecks:
+    """Wraps TRL's `DataCollatorForVisionLanguageModeling`: leaves out the samples whose images failed to decode
+    (logged by id and source, or raised with `strict`) and passes the others on.
+
+    A batch whose every sample failed is replaced by the previous good batch with all labels masked, so a long run
+    keeps its step count and learns nothing from it.
+    """
+
+    collator: Callable[[list[dict]], dict]
+    strict: bool = False
+    skipped: list[SkippedSample] = field(default_factory=list)
+    _previous: list[dict] | None = field(default=None, repr=False)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        good = []
+        for example in examples:
+            if example.get("image_error"):
+                sample = SkippedSample(example["id"], example["source"], "unreadable image", example["image_error"])
+                if self.strict:
+                    raise BadSampleError(str(sample))
+                logger.warning("Skipping %s", sample)
+                self.skipped.append(sample)
+            else:
+                good.append({"messages": example["messages"], "images": example["images"]})
+        if good:
+            self._previous = good
+            return self.collator(good)
+        if self._previous is None:
+            raise BadSampleError(f"Every sample of the first batch failed to decode: {self.skipped[-len(examples):]}")
+        batch = self.collator(self._previous)
+        batch["labels"].fill_(-100)
+        return batch
+
+
+__all__ = [
+    "DATASET_FORMATS",
+    "MINIGPT4_ALIGNMENT_PROMPTS",
+    "BadSampleError",
+    "DataCollatorWithSampleChecks",
+    "SkipReport",
+    "SkippedSample",
+    "cc_sbu_align_rows",
+    "check_samples",
+    "decode_images",
+    "infer_format",
+    "iter_json_records",
+    "llava_rows",
+    "load_image",
+    "load_sft_dataset",
+    "messages_dataset",
+    "messages_rows_from_file",
+    "normalize_messages",
+    "probe_image",
+    "read_dataset",
+    "split_bad_samples",
+    "split_placeholders",
+]

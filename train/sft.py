@@ -1,0 +1,324 @@
+"""`minillava sft`: one training stage (align or instruct) of a minillava model with TRL's `SFTTrainer`.
+
+Recipes are YAML files for TRL's parser (`--config` takes a path or the name of a shipped recipe, see
+`hub_configs/recipes/`); any flag overrides the file. The keys are `trl sft`'s (`SFTConfig`, `ModelConfig`) plus the
+script arguments below.
+
+# Stage 1 (align): LLaVA-1.5 on LCS-558K, only the projector trains
+```bash
+minillava build --preset llava-1.5-7b --output-dir checkpoints/llava-1.5-7b
+minillava sft --config llava-1.5-align \
+    --model_name_or_path checkpoints/llava-1.5-7b \
+    --dataset_name playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json \
+    --image_folder playground/data/LLaVA-Pretrain/images \
+    --output_dir checkpoints/llava-1.5-7b-align
+```
+
+# Stage 2 (instruct): LLaVA-1.5 on the 665K mixture, LoRA with the projector in full, pushed to the Hub
+```bash
+minillava sft --config llava-1.5-instruct-lora \
+    --model_name_or_path checkpoints/llava-1.5-7b-align \
+    --dataset_name playground/data/llava_v1_5_mix665k.json \
+    --image_folder playground/data \
+    --output_dir checkpoints/llava-1.5-7b-lora \
+    --push_to_hub --hub_model_id your-name/llava-1.5-7b-lora
+minillava merge checkpoints/llava-1.5-7b-lora --output-dir checkpoints/llava-1.5-7b-merged
+```
+
+# MiniGPT-4 stage 2 on cc_sbu_align, QLoRA, resuming a killed run
+```bash
+minillava sft --config minigpt4-instruct-qlora \
+    --model_name_or_path checkpoints/minigpt4-align \
+    --dataset_name cc_sbu_align --output_dir checkpoints/minigpt4-qlora \
+    --resume_from_checkpoint true
+```
+
+# A tiny CPU run
+```bash
+minillava sft --config tiny-cpu-instruct --model_name_or_path tiny-built \
+    --dataset_name data.json --output_dir out --report_to tensorboard
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+from minillava.train.data import DATASET_FORMATS, infer_format, load_sft_dataset
+from minillava.train.recipes import STAGES, check_stage, resolve_recipe
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTScriptArguments(ScriptArguments):
+    """`trl sft`'s script arguments (`dataset_name`, `dataset_config`, splits) and the minillava ones."""
+
+    stage: str = field(
+        default="instruct",
+        metadata={
+            "help": "align: train the connector alone (stage 1); instruct: the connector and the language model, in "
+            "full or through LoRA / QLoRA (stage 2).",
+            "choices": list(STAGES),
+        },
+    )
+    image_folder: str | None = field(
+        default=None,
+        metadata={"help": "Folder the dataset's image paths are relative to (LLaVA's --image_folder)."},
+    )
+    dataset_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "llava (conversation or caption JSON), cc_sbu_align (MiniGPT-4's folder) or messages (messages "
+            "+ images: a JSON/JSONL file, a save_to_disk folder or a Hub dataset); inferred when not given.",
+            "choices": [*DATASET_FORMATS, None],
+        },
+    )
+    strict: bool = field(
+        default=False,
+        metadata={"help": "Raise on the first bad sample instead of skipping it (and reporting it by id)."},
+    )
+    tune_vision_tower: bool = field(
+        default=False, metadata={"help": "Instruct stage: train the vision tower too (frozen by default)."}
+    )
+    connector_lr: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the connector (LLaVA's mm_projector_lr); defaults to learning_rate."},
+    )
+    chat_template_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Chat template the samples are rendered with for training: plain, vicuna_v1, minigpt4_vicuna0, "
+            "minigpt4_llama2 or a .jinja file. Defaults to plain (LLaVA's stage-1 format) for align and to the "
+            "processor's own template for instruct; the saved processor keeps its own template."
+        },
+    )
+
+
+def make_parser() -> TrlParser:
+    """TRL's parser over the script arguments, `SFTConfig` and `ModelConfig` (PEFT and quantization flags)."""
+    return TrlParser((SFTScriptArguments, SFTConfig, ModelConfig), prog="minillava sft", description=__doc__)
+
+
+def training_chat_template(name: str | None, stage: str, image_token: str = "<image>") -> str | None:
+    """The template the samples are rendered with: `name` (a minillava template or a Jinja file), else `plain` for
+    align and None (the processor's own) for instruct."""
+    from minillava.processing import get_chat_template
+
+    name = name if name is not None else "plain" if stage == "align" else None
+    if name is None:
+        return None
+    if name.endswith((".jinja", ".j2")) and Path(name).is_file():
+        return Path(name).read_text(encoding="utf-8")
+    return get_chat_template(name, image_token=image_token)
+
+
+def _resume_value(value: str | bool | None) -> str | bool | None:
+    if isinstance(value, str) and value.lower() in ("true", "last", "latest"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "none", ""):
+        return None
+    return value
+
+
+def _quantization_summary(model_args: ModelConfig) -> str | None:
+    if model_args.load_in_4bit:
+        double = ", double quantization" if model_args.use_bnb_nested_quant else ""
+        return f"language model in 4-bit {model_args.bnb_4bit_quant_type.upper()}{double} (bitsandbytes)"
+    if model_args.load_in_8bit:
+        return "language model in 8-bit (bitsandbytes)"
+    return None
+
+
+def train(
+    script_args: SFTScriptArguments,
+    training_args: SFTConfig,
+    model_args: ModelConfig,
+    train_dataset=None,
+    callbacks: list | None = None,
+):
+    """Trains one stage and saves (and pushes, with `push_to_hub`) the result; returns `(trainer, train metrics)`.
+
+    Args:
+        script_args ([`SFTScriptArguments`]): stage, data and the minillava options.
+        training_args (`trl.SFTConfig`): the Trainer's arguments. `assistant_only_loss` is always on (the loss is on
+            the assistant turns and their end-of-turn token, computed from the chat template's `{% generation %}`
+            markers by TRL's vision collator) and `remove_unused_columns` off (sample ids reach the collator).
+            `max_length` is checked before training: longer samples are skipped, never truncated.
+        model_args (`trl.ModelConfig`): the model (`model_name_or_path`: a built or stage-1 folder, or a Hub id),
+            `dtype`, and the LoRA (`use_peft`, `lora_r`, ...) and quantization (`load_in_4bit`, ...) settings.
+        train_dataset (`datasets.Dataset`, *optional*): `messages` + `images` rows used instead of
+            `script_args.dataset_name`.
+        callbacks (`list[TrainerCallback]`, *optional*): extra Trainer callbacks.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    import minillava.modeling  # noqa: F401  (registers the minillava classes with the Auto classes)
+    from minillava.processing import MiniLlavaProcessor
+    from minillava.train.data import DataCollatorWithSampleChecks
+    from minillava.train.recipes import (
+        arch_modules,
+        keep_frozen_in_eval_mode,
+        lora_config,
+        quantization_config,
+        set_trainable,
+    )
+    from minillava.train.trainer import MiniLlavaSFTTrainer
+
+    stage = script_args.stage
+    check_stage(
+        stage,
+        use_peft=model_args.use_peft,
+        quantized=model_args.load_in_4bit or model_args.load_in_8bit,
+        tune_vision_tower=script_args.tune_vision_tower,
+    )
+    if model_args.model_name_or_path is None:
+        raise ValueError("--model_name_or_path is required: a folder from `minillava build`, a stage-1 output or a Hub id.")
+    if train_dataset is None and script_args.dataset_name is None:
+        raise ValueError("--dataset_name is required.")
+    if script_args.dataset_streaming:
+        raise ValueError("Streaming datasets are not supported: samples are checked before training starts.")
+    # The fused LM head of TRL computes the loss from the labels alone (the model's own masking of image tokens is
+    # bypassed), so the labels must cover the assistant turns only: TRL's vision collator does that from the
+    # template's {% generation %} markers.
+    training_args.assistant_only_loss = True
+    training_args.remove_unused_columns = False
+
+    name = model_args.model_name_or_path
+    processor = MiniLlavaProcessor.from_pretrained(name, revision=model_args.model_revision)
+    chat_template = training_chat_template(script_args.chat_template_name, stage, processor.image_token)
+
+    source = script_args.dataset_name if train_dataset is None else train_dataset
+    with training_args.main_process_first(desc="reading and checking the dataset"):
+        dataset, report = load_sft_dataset(
+            source,
+            processor,
+            dataset_format=script_args.dataset_format,
+            image_folder=script_args.image_folder,
+            dataset_config=script_args.dataset_config,
+            split=script_args.dataset_train_split,
+            chat_template=chat_template,
+            max_length=training_args.max_length,
+            require_image=stage == "align",
+            strict=script_args.strict,
+            num_proc=training_args.dataset_num_proc,
+        )
+        eval_dataset = None
+        if training_args.eval_strategy != "no":
+            if train_dataset is not None or infer_format(script_args.dataset_name) != "messages":
+                raise ValueError(
+                    "Evaluation during training needs a messages dataset (a save_to_disk folder or a Hub dataset) with "
+                    f"a {script_args.dataset_test_split!r} split (--dataset_test_split)."
+                )
+            eval_dataset, _ = load_sft_dataset(
+                script_args.dataset_name,
+                processor,
+                dataset_format="messages",
+                image_folder=script_args.image_folder,
+                dataset_config=script_args.dataset_config,
+                split=script_args.dataset_test_split,
+                chat_template=chat_template,
+                max_length=training_args.max_length,
+                require_image=stage == "align",
+                strict=script_args.strict,
+                num_proc=training_args.dataset_num_proc,
+            )
+    if report:
+        logger.warning(report.summary())
+        if training_args.should_save:
+            Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+            report.save(Path(training_args.output_dir) / "skipped_samples.json")
+    else:
+        logger.info(report.summary())
+
+    model_type = AutoConfig.from_pretrained(name, revision=model_args.model_revision).model_type
+    model_kwargs = {
+        "revision": model_args.model_revision,
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+        "trust_remote_code": training_args.trust_remote_code,
+    }
+    quantization = quantization_config(model_args, model_type)
+    if quantization is not None:
+        model_kwargs["quantization_config"] = quantization
+    if isinstance(training_args.model_init_kwargs, dict):
+        model_kwargs.update(training_args.model_init_kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(name, **model_kwargs)
+
+    peft_config = None
+    if model_args.use_peft:
+        peft_config = lora_config(model, model_args, tune_vision_tower=script_args.tune_vision_tower)
+        modules = arch_modules(model)
+        keep_frozen_in_eval_mode(model, modules.frozen + (() if script_args.tune_vision_tower else modules.vision_tower))
+    else:
+        set_trainable(model, stage, tune_vision_tower=script_args.tune_vision_tower)
+
+    collator = DataCollatorWithSampleChecks(
+        DataCollatorForVisionLanguageModeling(
+            processor,
+            max_length=None,  # every sample was checked against max_length: nothing is ever truncated
+            pad_to_multiple_of=training_args.pad_to_multiple_of,
+            assistant_only_loss=True,
+            chat_template=chat_template,
+        ),
+        strict=script_args.strict,
+    )
+    trainer = MiniLlavaSFTTrainer(
+        model=model,
+        args=training_args,
+        data_collator=collator,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=callbacks,
+        connector_lr=script_args.connector_lr,
+        run_info={
+            "stage": stage,
+            "model_name_or_path": name,
+            "dataset_name": script_args.dataset_name if train_dataset is None else "in-memory dataset",
+            "dataset_format": script_args.dataset_format or ("messages" if train_dataset is not None else None),
+            "num_samples": len(dataset),
+            "num_skipped": len(report.skipped),
+            "quantization": _quantization_summary(model_args),
+            "tune_vision_tower": script_args.tune_vision_tower,
+        },
+    )
+    if trainer.run_info["dataset_format"] is None:
+        trainer.run_info["dataset_format"] = infer_format(script_args.dataset_name)
+
+    result = trainer.train(resume_from_checkpoint=_resume_value(training_args.resume_from_checkpoint))
+    trainer.save_model(training_args.output_dir)
+    trainer.create_model_card()
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    return trainer, result.metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`minillava sft --config RECIPE [--flag value ...]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        index = argv.index("--config") + 1
+        argv[index] = resolve_recipe(argv[index])
+    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    trainer, _ = train(script_args, training_args, model_args)
+    trainer.accelerator.print(f"Saved to {training_args.output_dir}")
+    if training_args.push_to_hub:
+        trainer.accelerator.print(f"Pushed to the Hub: {trainer.hub_model_id}")
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finishes the trackers
+        trainer.end()
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["SFTScriptArguments", "main", "make_parser", "train", "training_chat_template"]

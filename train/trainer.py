@@ -1,0 +1,276 @@
+"""TRL's SFTTrainer for minillava models: a connector learning rate, self-contained saves and pushes, a model card."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import is_peft_model
+from trl import SFTTrainer
+
+from minillava.modeling import MiniVLMForConditionalGeneration
+from minillava.processing import MiniLlavaProcessor
+from minillava.train.build import save
+from minillava.train.recipes import arch_modules
+
+
+TRAINING_ARGS_NAME = "training_args.bin"  # transformers.trainer.TRAINING_ARGS_NAME
+ARCH_NAMES = {"minillava": "llava-1.5", "minillava_minigpt4": "minigpt4"}
+
+
+class MiniLlavaSFTTrainer(SFTTrainer):
+    """[`~trl.SFTTrainer`] with what a minillava run needs on top:
+
+    - `connector_lr`: a learning rate of its own for the connector (LLaVA's `--mm_projector_lr`);
+    - every full-model save (final or checkpoint) goes through [`minillava.train.build.save`]: safetensors weights,
+      processor, chat template and the code files, so each saved folder loads with `trust_remote_code=True`;
+    - pushes during training also carry the code files (the Trainer only copies weights and configs);
+    - a model card with the base components, stage, data, hyperparameters, final metrics and how to load.
+
+    Args:
+        connector_lr (`float`, *optional*):
+            Learning rate of the connector's parameters; the others use `args.learning_rate`.
+        run_info (`dict`, *optional*):
+            What the model card reports about the run: `stage`, `model_name_or_path`, `dataset_name`,
+            `dataset_format`, `num_samples`, `num_skipped`, `peft`, `quantization`.
+        *args, **kwargs: as for [`~trl.SFTTrainer`].
+    """
+
+    def __init__(self, *args, connector_lr: float | None = None, run_info: dict[str, Any] | None = None, **kwargs):
+        self.connector_lr = connector_lr
+        self.run_info = dict(run_info or {})
+        # The processor's code file goes with every save, so that AutoProcessor loads it with trust_remote_code.
+        MiniLlavaProcessor.register_for_auto_class("AutoProcessor")
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer, with the connector's parameters in groups of their own at `connector_lr`."""
+        if self.optimizer is not None or self.connector_lr is None:
+            return super().create_optimizer(model)
+        optimizer = super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        names = [name.rsplit(".", 1)[-1] for name in arch_modules(opt_model.config.model_type).connector]
+        connector = {
+            id(param)
+            for name, param in opt_model.named_parameters()
+            if param.requires_grad and any(f".{short}." in f".{name}." for short in names)
+        }
+        if not connector:
+            raise ValueError(f"--connector_lr is set but no trainable parameter belongs to the connector ({names}).")
+        groups = []
+        for group in optimizer.param_groups:
+            params = [param for param in group["params"] if id(param) in connector]
+            if params:
+                group["params"] = [param for param in group["params"] if id(param) not in connector]
+                groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
+        optimizer.param_groups = [group for group in optimizer.param_groups if group["params"]]
+        for group in groups:
+            optimizer.add_param_group({**group, "lr": self.connector_lr})
+        return optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        full_model = isinstance(model, MiniVLMForConditionalGeneration) and not is_peft_model(model)
+        if (
+            full_model
+            and state_dict is None
+            and isinstance(self.processing_class, MiniLlavaProcessor)
+            and not self.is_distributed_loading_by_transformers
+        ):
+            if not self.args.should_save:
+                return
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            save(model, self.processing_class, output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+            return
+        super()._save(output_dir, state_dict)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # The Trainer copies weights and configs from the checkpoint to `output_dir` before uploading it; the code
+        # files must go too, or the pushed repo would not load with trust_remote_code.
+        if self.is_world_process_zero():
+            for code_file in Path(checkpoint_folder).glob("*.py"):
+                shutil.copy(code_file, Path(self.args.output_dir) / code_file.name)
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Writes `README.md` in `output_dir`: base components, stage, data, hyperparameters, metrics, usage."""
+        if not self.is_world_process_zero():
+            return
+        Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+        card = model_card(self, model_name=model_name, dataset_name=dataset_name, tags=tags)
+        (Path(self.args.output_dir) / "README.md").write_text(card, encoding="utf-8")
+
+
+def _is_hub_id(name: str | None) -> bool:
+    return bool(name) and not os.path.exists(name) and name.count("/") <= 1 and not name.startswith((".", "/"))
+
+
+def _component(config) -> str:
+    name = getattr(config, "_name_or_path", "") or ""
+    return f"`{config.model_type}`" + (f" from `{name}`" if name else "")
+
+
+def _warmup(args) -> str:
+    warmup = getattr(args, "warmup_steps", 0) or getattr(args, "warmup_ratio", 0)
+    return f"{warmup:g} of the steps" if 0 < warmup < 1 else f"{int(warmup)} steps"
+
+
+def _final_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for entry in log_history:
+        for key, value in entry.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                metrics[key] = value
+    return metrics
+
+
+def model_card(
+    trainer: MiniLlavaSFTTrainer,
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+    tags: str | list[str] | None = None,
+) -> str:
+    """The model card of a training run (Markdown with the Hub's YAML metadata)."""
+    args, info = trainer.args, trainer.run_info
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+    config = model.config
+    arch = ARCH_NAMES.get(config.model_type, config.model_type)
+    is_adapter = is_peft_model(model)
+    stage = info.get("stage", "instruct")
+    base = info.get("model_name_or_path") or getattr(config, "_name_or_path", None)
+    dataset_name = dataset_name or info.get("dataset_name")
+    repo_id = args.hub_model_id or model_name or Path(args.output_dir).name
+    tags = [tags] if isinstance(tags, str) else list(tags or [])
+    tags = list(dict.fromkeys(["minillava", arch, f"stage-{stage}", "trl", "sft", *tags]))
+    if is_adapter:
+        tags.append("qlora" if info.get("quantization") else "lora")
+
+    front = ["---", f"library_name: {'peft' if is_adapter else 'transformers'}", "pipeline_tag: image-text-to-text"]
+    if _is_hub_id(base):
+        front.append(f"base_model: {base}")
+    if isinstance(dataset_name, str) and _is_hub_id(dataset_name):
+        front += ["datasets:", f"- {dataset_name}"]
+    front += ["tags:", *[f"- {tag}" for tag in tags], "---"]
+
+    world_size = args.world_size
+    effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
+    hyper = {
+        "learning rate": args.learning_rate,
+        "connector learning rate": trainer.connector_lr or args.learning_rate,
+        "batch size": f"{effective} ({args.per_device_train_batch_size} per device x "
+        f"{args.gradient_accumulation_steps} accumulation x {world_size} process(es))",
+        "epochs / max steps": f"{args.num_train_epochs} / {args.max_steps}",
+        "schedule": f"{args.lr_scheduler_type}, warmup {_warmup(args)}",
+        "weight decay": args.weight_decay,
+        "max length": args.max_length,
+        "optimizer": args.optim,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "gradient checkpointing": args.gradient_checkpointing,
+        "seed": args.seed,
+    }
+    if is_adapter:
+        peft_config = model.peft_config["default"]
+        hyper.update(
+            {
+                "LoRA r / alpha / dropout": f"{peft_config.r} / {peft_config.lora_alpha} / {peft_config.lora_dropout}",
+                "LoRA targets": f"`{peft_config.target_modules}`",
+                "trained in full (modules_to_save)": ", ".join(sorted(peft_config.modules_to_save or [])),
+            }
+        )
+    if info.get("quantization"):
+        hyper["quantization"] = info["quantization"]
+    trained = {
+        "align": "the connector only (vision tower and language model frozen)",
+        "instruct": "the connector and the language model"
+        + (" (LoRA, connector in full)" if is_adapter else " (full fine-tuning)"),
+    }[stage]
+    if info.get("tune_vision_tower"):
+        trained += ", and the vision tower"
+
+    metrics = _final_metrics(trainer.state.log_history)
+    lines = [
+        *front,
+        "",
+        f"# {repo_id}",
+        "",
+        f"A {arch} vision-language model trained with `minillava sft`, stage **{stage}**: "
+        f"{trained}, with TRL's `SFTTrainer` (loss on the assistant turns only).",
+        "",
+        "## Model",
+        "",
+        f"- starting point: `{base}`",
+        f"- vision tower: {_component(config.vision_config)}",
+    ]
+    if hasattr(config, "qformer_config"):
+        lines.append(f"- connector: BLIP-2 Q-Former with {config.num_query_tokens} queries (frozen) + linear projection")
+    else:
+        lines.append(f"- connector: `{config.projector_type}` projector, vision layer {config.vision_feature_layer}")
+    lines += [
+        f"- language model: {_component(config.text_config)}",
+        f"- image tokens per image: {config.image_seq_length}",
+        "",
+        "## Data",
+        "",
+        f"- dataset: `{dataset_name}` (format `{info.get('dataset_format')}`)",
+        f"- samples used: {info.get('num_samples')}, skipped: {info.get('num_skipped', 0)}",
+        "",
+        "## Hyperparameters",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {key} | {value} |" for key, value in hyper.items()],
+        "",
+        "## Results",
+        "",
+    ]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|", *[f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items())]]
+    else:
+        lines.append("Training has not logged any metric yet.")
+    lines += ["", "## How to load", ""]
+    if is_adapter:
+        lines += [
+            "A LoRA adapter (the connector is saved in full with it). Merge it into a full model with",
+            f"`minillava merge {repo_id} --output-dir merged`, or load it on its base:",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForImageTextToText, AutoProcessor",
+            "",
+            f'base = AutoModelForImageTextToText.from_pretrained("{base}", trust_remote_code=True)',
+            f'model = PeftModel.from_pretrained(base, "{repo_id}")',
+            f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)',
+            "```",
+        ]
+    else:
+        lines += [
+            "```python",
+            "from PIL import Image",
+            "from transformers import AutoModelForImageTextToText, AutoProcessor",
+            "",
+            f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}", trust_remote_code=True)',
+            f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)',
+            'messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the '
+            'image?"}]}]',
+            "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)",
+            'inputs = processor(images=[Image.open("image.jpg")], text=[prompt], return_tensors="pt")',
+            "output = model.generate(**inputs, max_new_tokens=64)",
+            'print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+            "```",
+            "",
+            "With minillava installed, `trust_remote_code` is not needed.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["MiniLlavaSFTTrainer", "model_card"]
