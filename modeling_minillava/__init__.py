@@ -1,7 +1,7 @@
 """minillava model classes: LLaVA-1.5 (`MiniLlava*`) and MiniGPT-4 (`MiniGPT4*`)."""
 
 import transformers
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from .configuration_minigpt4 import MiniGPT4Config
 from .configuration_minillava import MiniLlavaConfig
@@ -18,7 +18,10 @@ ARCHITECTURES = {
 
 def register_auto_classes() -> None:
     """Registers both architectures with AutoConfig, AutoModel, AutoModelForImageTextToText (and
-    AutoModelForVision2Seq where the installed transformers has it), so they load without `trust_remote_code`."""
+    AutoModelForVision2Seq where the installed transformers has it) and AutoProcessor, so that saved folders load
+    with the installed code, without `trust_remote_code`."""
+    from minillava.processing.processing_minillava import MiniLlavaProcessor
+
     auto_model_classes = [AutoModelForImageTextToText]
     if hasattr(transformers, "AutoModelForVision2Seq"):
         auto_model_classes.append(transformers.AutoModelForVision2Seq)
@@ -27,6 +30,7 @@ def register_auto_classes() -> None:
         AutoModel.register(config_class, model_class.model_class, exist_ok=True)
         for auto_class in auto_model_classes:
             auto_class.register(config_class, model_class, exist_ok=True)
+        AutoProcessor.register(config_class, MiniLlavaProcessor, exist_ok=True)
 
 
 register_auto_classes()

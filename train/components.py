@@ -1,7 +1,8 @@
 """Small pretrained components for the offline demo, built reproducibly on CPU and cached on disk.
 
 The demo needs real features to align in stage 1, so every part is pretrained on the synthetic world of
-[`minillava.train.demo_world`] (only on its `"train"` split):
+[`minillava.train.demo_world`]. Pretraining uses its `"pretrain"` split, which shows every shape and colour combination
+(as web-scale data would); the demo's stage-1/2 data (`"train"`) leave some out and `"test"` brings them back:
 
 - [`tiny_tokenizer_and_lm`]: a byte-level BPE tokenizer over the world's text and the chat templates' words, and a
   small `LlamaForCausalLM` pretrained on captions and question-answer conversations (text only);
@@ -154,11 +155,22 @@ def default_cache_dir() -> Path:
 
 
 @contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch inside the block and give the caller's RNG state back afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
+def _build_context(seed: int) -> Iterator[None]:
+    """Seeded, single-threaded torch with denormals flushed; the caller's RNG and thread count come back after.
+
+    Flushing denormals matters on CPU: as heads grow confident, tiny gradients make steps up to ten times slower.
+    `torch.set_flush_denormal` only reaches the calling thread, hence one thread (tiny ops barely use a second).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
 
 
 def _cached(
@@ -174,7 +186,7 @@ def _cached(
     tmp.mkdir(parents=True)
     start = time.perf_counter()
     try:
-        with _seeded(_SEED):
+        with _build_context(_SEED):
             metrics = build(tmp, quick, verbose)
         info = {
             "name": name,
@@ -182,7 +194,6 @@ def _cached(
             "quick": quick,
             "seed": _SEED,
             "build_seconds": round(time.perf_counter() - start, 2),
-            "torch_threads": torch.get_num_threads(),
             "metrics": metrics,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
             "platform": platform.platform(),
@@ -222,7 +233,7 @@ def _minigpt4(question: str, answer: str, system: bool) -> str:
     return f"{head}Human: <Img></Img> {question}###Assistant: {answer}###"
 
 
-def lm_corpus(num_texts: int, split: str = "train", seed: int = 0) -> list[str]:
+def lm_corpus(num_texts: int, split: str = "pretrain", seed: int = 0) -> list[str]:
     """Text-only documents about `num_texts` scenes: plain captions and conversations in both chat templates.
 
     Each scene gives one document, cycling through: a caption (LLaVA's `plain` stage-1 text), a vicuna_v1
@@ -329,14 +340,14 @@ def _warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.
 def _lm_quality(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, num_texts: int) -> dict[str, float]:
     """Held-out perplexity, and how often greedy decoding after a question gives an answer of the right kind."""
     model.eval()
-    texts = lm_corpus(num_texts, split="test")
+    texts = lm_corpus(num_texts, split="test", seed=_SEED + 1)
     nll, count = 0.0, 0
     for start in range(0, len(texts), 32):
         batch = _pad([tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts[start : start + 32]], 3)
         loss = model(**batch).loss
         tokens = int((batch["labels"][:, 1:] != -100).sum())
         nll, count = nll + float(loss) * tokens, count + tokens
-    questions = [pair for scene in make_scenes(num_texts // 4, "test") for pair in scene.questions()]
+    questions = [pair for scene in make_scenes(num_texts // 4, "test", _SEED + 1) for pair in scene.questions()]
     right_kind = 0
     for question, answer in questions:
         prompt = tokenizer(_vicuna([(question, "")], image=True).removesuffix("</s>").rstrip(), return_tensors="pt")
@@ -470,9 +481,9 @@ def _pretrain_vision(
     desc: str,
     verbose: bool,
 ) -> float:
-    """Train `model` with attribute heads on `"train"` scenes; returns the last loss."""
+    """Train `model` with attribute heads on `"pretrain"` scenes; returns the last loss."""
     schedule = _SCHEDULES["vision", quick]
-    scenes = make_scenes(schedule.num_images, "train", seed=_SEED)
+    scenes = make_scenes(schedule.num_images, "pretrain", seed=_SEED)
     pixel_values = _pixel_values(image_processor, scenes)
     targets = _scene_targets(scenes, IMAGE_SIZE // PATCH_SIZE)
     heads = _AttributeHeads(hidden_size)
@@ -518,11 +529,15 @@ def _linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Te
 
 @torch.no_grad()
 def _probe(features: Callable[[torch.Tensor], torch.Tensor], image_processor: Any, quick: bool) -> dict[str, float]:
-    """Linear probes from flattened features of `"train"` scenes to attributes of held-out `"test"` scenes."""
+    """Linear probes from flattened features of `"train"` scenes to attributes of held-out `"test"` scenes.
+
+    Like the demo's connector, the probe only sees the combinations of `"train"`, half of the `"test"` scenes show
+    others: features that tie shape to colour score low here.
+    """
     num_train, num_test = _PROBE_IMAGES[quick]
     split_data = []
     for split, count in (("train", num_train), ("test", num_test)):
-        scenes = make_scenes(count, split, seed=_SEED + 1)  # other scenes than those the tower was trained on
+        scenes = make_scenes(count, split, seed=_SEED + 1)  # not the demo's own scenes (seed 0)
         pixel_values = _pixel_values(image_processor, scenes)
         flat = torch.cat([features(pixel_values[i : i + 256]).flatten(1) for i in range(0, len(scenes), 256)])
         split_data.append((flat, _scene_targets(scenes, IMAGE_SIZE // PATCH_SIZE)))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
+from PIL import Image
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import (
@@ -317,6 +318,12 @@ def write_safetensors(tensors: dict[str, torch.Tensor], output_dir: str | Path, 
         (output_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
+def image_tokens_per_image(processor) -> int:
+    """How many image tokens `processor` writes for one image, counted on its own output."""
+    inputs = processor(images=[Image.new("RGB", (40, 30))], text=[processor.image_token], add_special_tokens=False)
+    return sum(token == processor.image_token_id for token in inputs["input_ids"][0])
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # llava-hf -> minillava
 
@@ -353,8 +360,8 @@ def convert_from_llava_hf(
     if not isinstance(llava_processor, LlavaProcessor):
         raise ValueError(f"{source} must hold LlavaProcessor files (tokenizer and image processor configs)")
     num_image_tokens = model.config.image_seq_length
-    if llava_processor.patch_size is not None:
-        expanded = llava_processor._get_num_multimodal_tokens(image_sizes=[(1, 1)]).num_image_tokens[0]
+    if llava_processor.patch_size is not None:  # processors saved before transformers 4.45 do not expand images
+        expanded = image_tokens_per_image(llava_processor)
         if expanded != num_image_tokens:
             raise ValueError(
                 f"{source}: its LlavaProcessor expands {llava_processor.image_token} to {expanded} tokens but the "
@@ -402,7 +409,9 @@ def convert_to_llava_hf(source: str, output_dir: str, *, max_shard_size: str = "
     processor = MiniLlavaProcessor.from_pretrained(source)
 
     vision_config = config.vision_config
-    has_cls = vision_config.model_type != "siglip_vision_model"
+    # LlavaProcessor writes (image_size / patch_size)^2 + num_additional_image_tokens - (1 for "default") tokens
+    num_patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    drops_cls = config.vision_feature_select_strategy == "default"
     llava_processor = LlavaProcessor(
         image_processor=processor.image_processor,
         tokenizer=processor.tokenizer,
@@ -410,9 +419,9 @@ def convert_to_llava_hf(source: str, output_dir: str, *, max_shard_size: str = "
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         chat_template=processor.chat_template,
         image_token=processor.image_token,
-        num_additional_image_tokens=int(has_cls),
+        num_additional_image_tokens=config.image_seq_length - num_patches + int(drops_cls),
     )
-    expanded = llava_processor._get_num_multimodal_tokens(image_sizes=[(1, 1)]).num_image_tokens[0]
+    expanded = image_tokens_per_image(llava_processor)
     if expanded != config.image_seq_length:
         raise ValueError(
             f"{source}: LlavaProcessor would expand each image to {expanded} tokens but the model gives "
@@ -913,8 +922,13 @@ __all__ = [
     "convert_from_llava_hf",
     "convert_from_minigpt4",
     "convert_to_llava_hf",
+    "fit_tokenizer",
+    "image_tokens_per_image",
+    "is_original_llava_config",
+    "local_folder",
     "main",
     "make_tokenizer_config_portable",
+    "published_layout",
     "read_weights",
     "rename_keys",
     "write_safetensors",

@@ -120,6 +120,10 @@ def _component(config) -> str:
     return f"`{config.model_type}`" + (f" from `{name}`" if name else "")
 
 
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", value)  # transformers' enums (SchedulerType, OptimizerNames) as their names
+
+
 def _warmup(args) -> str:
     warmup = getattr(args, "warmup_steps", 0) or getattr(args, "warmup_ratio", 0)
     return f"{warmup:g} of the steps" if 0 < warmup < 1 else f"{int(warmup)} steps"
@@ -169,11 +173,11 @@ def model_card(
         "connector learning rate": trainer.connector_lr or args.learning_rate,
         "batch size": f"{effective} ({args.per_device_train_batch_size} per device x "
         f"{args.gradient_accumulation_steps} accumulation x {world_size} process(es))",
-        "epochs / max steps": f"{args.num_train_epochs} / {args.max_steps}",
-        "schedule": f"{args.lr_scheduler_type}, warmup {_warmup(args)}",
+        "length": f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epoch(s)",
+        "schedule": f"{_plain(args.lr_scheduler_type)}, warmup {_warmup(args)}",
         "weight decay": args.weight_decay,
         "max length": args.max_length,
-        "optimizer": args.optim,
+        "optimizer": _plain(args.optim),
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "gradient checkpointing": args.gradient_checkpointing,
         "seed": args.seed,
