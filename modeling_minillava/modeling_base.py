@@ -89,7 +89,9 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module):
         self.language_model.set_input_embeddings(value)
 
-    def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, image_features):
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, image_features
+    ):
         """Positions of the image tokens, checked against the number of image features."""
         if input_ids is None:
             image_embed = self.get_input_embeddings()(

@@ -66,25 +66,25 @@ def _to_caller_position(position: int, replacements: list[dict[str, Any]], is_en
     return position
 
 
-def _portable_tokenizer_config(path: str) -> None:
-    """Rewrites what transformers 5 writes in `tokenizer_config.json` and 4.x cannot read: the generic
-    `TokenizersBackend` class name and the list form of `extra_special_tokens`."""
+# transformers 5 writes names into tokenizer_config.json that 4.x cannot read; both versions read the 4.x names.
+TOKENIZER_CLASS_V4_NAMES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def make_tokenizer_config_portable(folder: str) -> None:
+    """Rewrites a transformers 5 `tokenizer_config.json` in `folder` with the names transformers 4.x reads too."""
+    path = os.path.join(folder, "tokenizer_config.json")
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
         config = json.load(f)
-    changed = False
-    if config.get("tokenizer_class") == "TokenizersBackend":
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
-        changed = True
-    if isinstance(config.get("extra_special_tokens"), list):
-        extra = config.pop("extra_special_tokens")
+    name = config.get("tokenizer_class")
+    config["tokenizer_class"] = TOKENIZER_CLASS_V4_NAMES.get(name, name)
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):  # 5.x: a list of extra special tokens; 4.x: `additional_special_tokens`
+        del config["extra_special_tokens"]
         config["additional_special_tokens"] = list(dict.fromkeys(config.get("additional_special_tokens", []) + extra))
-        changed = True
-    if changed:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 class MiniLlavaProcessor(ProcessorMixin):
@@ -145,9 +145,9 @@ class MiniLlavaProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saves the processor so that both transformers 4.x and 5.x load it (see `_portable_tokenizer_config`)."""
+        """Saves the processor so that both transformers 4.x and 5.x load it."""
         saved = super().save_pretrained(save_directory, *args, **kwargs)
-        _portable_tokenizer_config(os.path.join(save_directory, "tokenizer_config.json"))
+        make_tokenizer_config_portable(save_directory)
         return saved
 
     @property
@@ -423,4 +423,4 @@ class MiniLlavaProcessor(ProcessorMixin):
         return bool(ids) and ids[0] == self.tokenizer.bos_token_id
 
 
-__all__ = ["MiniLlavaProcessor", "to_rgb_image"]
+__all__ = ["MiniLlavaProcessor", "make_tokenizer_config_portable", "to_rgb_image"]

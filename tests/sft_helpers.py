@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -47,7 +48,7 @@ def write_llava_dataset(folder: Path, num_samples: int = 8, records: list[dict] 
     images.mkdir(parents=True, exist_ok=True)
     records = records if records is not None else [llava_record(i) for i in range(num_samples)]
     for index, record in enumerate(records):
-        if "image" in record and not (images / record["image"]).exists() and record["image"].endswith(".png"):
+        if re.fullmatch(r"\d+\.png", str(record.get("image"))) and not (images / record["image"]).exists():
             make_image(index, size=(24 + index, 20)).save(images / record["image"])
     path = folder / "data.json"
     path.write_text(json.dumps(records, indent=1))

@@ -52,7 +52,9 @@ def test_build_keeps_the_pretrained_weights(parts, tmp_path):
     from transformers import CLIPVisionModel, LlamaForCausalLM
 
     model, processor = build(
-        BuildArguments(arch="llava-1.5", vision_model=parts["clip"], text_model=parts["llama"], output_dir=str(tmp_path))
+        BuildArguments(
+            arch="llava-1.5", vision_model=parts["clip"], text_model=parts["llama"], output_dir=str(tmp_path)
+        )
     )
     clip = CLIPVisionModel.from_pretrained(parts["clip"])
     llama = LlamaForCausalLM.from_pretrained(parts["llama"])
@@ -69,7 +71,9 @@ def test_build_minigpt4_takes_blip2_front_end(parts, tmp_path):
     from transformers import Blip2ForConditionalGeneration
 
     model, processor = build(
-        BuildArguments(arch="minigpt4", vision_model=parts["blip2"], text_model=parts["llama"], output_dir=str(tmp_path))
+        BuildArguments(
+            arch="minigpt4", vision_model=parts["blip2"], text_model=parts["llama"], output_dir=str(tmp_path)
+        )
     )
     blip2 = Blip2ForConditionalGeneration.from_pretrained(parts["blip2"])
     torch.testing.assert_close(model.model.query_tokens, blip2.query_tokens)
@@ -81,7 +85,11 @@ def test_build_minigpt4_takes_blip2_front_end(parts, tmp_path):
 
 def test_minigpt4_refuses_a_non_blip2_vision_checkpoint(parts, tmp_path):
     with pytest.raises(ValueError, match="needs a BLIP-2 checkpoint"):
-        build(BuildArguments(arch="minigpt4", vision_model=parts["clip"], text_model=parts["llama"], output_dir=str(tmp_path)))
+        build(
+            BuildArguments(
+                arch="minigpt4", vision_model=parts["clip"], text_model=parts["llama"], output_dir=str(tmp_path)
+            )
+        )
 
 
 def test_unknown_preset_lists_the_available_ones():

@@ -38,7 +38,6 @@ from minillava.train.convert import (
     convert_from_llava_hf,
     convert_from_minigpt4,
     convert_to_llava_hf,
-    local_folder,
     main,
 )
 
@@ -725,17 +724,37 @@ def test_cli_refuses_options_of_another_format(llava_hf, tmp_path):
         main(["--to", "llava-hf", str(llava_hf), "--output-dir", str(llava_hf)])
 
 
-@pytest.mark.parametrize("weights", ["safetensors", "bin"])
-def test_hub_ids_fetch_one_weight_format(weights, tmp_path, monkeypatch):
-    import huggingface_hub
+def _push_folder(folder: str, repo_id: str) -> None:
+    """Runs in a client process: uploads `folder` to the Hub at HF_ENDPOINT."""
+    from huggingface_hub import HfApi
 
-    files = ["config.json", "tokenizer.model", f"model-00001-of-00002.{weights}", "non_lora_trainables.bin"]
-    calls = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id: files)
-    monkeypatch.setattr(
-        huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns: calls.append(allow_patterns) or "/x"
-    )
-    assert local_folder(str(tmp_path)) == str(tmp_path)
-    assert local_folder("liuhaotian/llava-v1.5-7b") == "/x" and not calls[1:]
-    assert f"*.{weights}" in calls[0] and {"*.json", "*.model", "non_lora_trainables.bin"} <= set(calls[0])
-    assert ("*.bin" in calls[0]) == (weights == "bin")
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=folder)
+
+
+def _convert_hub_id(repo_id: str, output_dir: str) -> list[str]:
+    """Runs in a client process: converts a llava-hf repo by its Hub id; returns the files it downloaded."""
+    from minillava.train.convert import main
+
+    main(["--from", "llava-hf", repo_id, "--output-dir", output_dir])
+    return sorted(p.name for p in Path(os.environ["HF_HUB_CACHE"]).rglob("*") if p.is_file() and "blobs" not in str(p))
+
+
+def test_hub_id_source_downloads_one_weight_format(llava_hf, tmp_path):
+    from hub_server import run_client, serve_hub
+
+    source = tmp_path / "source"
+    shutil.copytree(llava_hf, source)
+    torch.save({"unused": torch.zeros(1)}, source / "pytorch_model.bin")  # a repo that ships both formats
+    local = tmp_path / "local"
+    convert_from_llava_hf(str(llava_hf), str(local))
+    with serve_hub(tmp_path / "hub") as endpoint:
+        run_client(endpoint, tmp_path / "home", _push_folder, str(source), "testuser/llava-tiny")
+        downloaded = run_client(
+            endpoint, tmp_path / "home", _convert_hub_id, "testuser/llava-tiny", str(tmp_path / "out")
+        )
+    assert "model.safetensors" in downloaded and "pytorch_model.bin" not in downloaded
+    assert_safetensors_only(tmp_path / "out")
+    for name, tensor in load_file(local / "model.safetensors").items():
+        torch.testing.assert_close(load_file(tmp_path / "out" / "model.safetensors")[name], tensor)

@@ -138,6 +138,7 @@ def make_image(seed: int = 0, size: tuple[int, int] = (40, 30), mode: str = "RGB
 def tiny_llava(tokenizer=None, vision: str = "clip", text: str = "llama", **config_kwargs):
     """A random MiniLlava model (eval mode) and its tokenizer."""
     import torch
+
     from minillava.modeling import MiniLlavaConfig, MiniLlavaForConditionalGeneration
 
     tokenizer = tokenizer or make_tokenizer()
@@ -158,6 +159,7 @@ def tiny_llava(tokenizer=None, vision: str = "clip", text: str = "llama", **conf
 def tiny_minigpt4(tokenizer=None, num_query_tokens: int = 4):
     """A random MiniGPT-4 model (eval mode) and its tokenizer."""
     import torch
+
     from minillava.modeling import MiniGPT4Config, MiniGPT4ForConditionalGeneration
 
     tokenizer = tokenizer or make_tokenizer()
@@ -176,7 +178,8 @@ def image_prompt_ids(tokenizer, model, texts: list[str]) -> list[list[int]]:
     """Token ids of `texts` with each `<image>` expanded to the model's image token count, BOS first."""
     n = model.config.image_seq_length
     return [
-        [tokenizer.bos_token_id] + tokenizer(text.replace("<image>", "<image>" * n), add_special_tokens=False).input_ids
+        [tokenizer.bos_token_id]
+        + tokenizer(text.replace("<image>", "<image>" * n), add_special_tokens=False).input_ids
         for text in texts
     ]
 
@@ -226,7 +229,12 @@ def save_parts(folder, seed: int = 0) -> dict[str, str]:
         vision_config=blip2_vision_config().to_dict(),
         qformer_config=blip2_qformer_config().to_dict(),
         text_config=OPTConfig(
-            vocab_size=99, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2, word_embed_proj_dim=16
+            vocab_size=99,
+            hidden_size=16,
+            num_hidden_layers=1,
+            ffn_dim=32,
+            num_attention_heads=2,
+            word_embed_proj_dim=16,
         ).to_dict(),
         num_query_tokens=4,
     )

@@ -90,11 +90,11 @@ def load_preset(name: str) -> dict:
     return json.loads((folder / f"{name}.json").read_text())
 
 
-def _dtype(name: str) -> torch.dtype | str:
+def parse_dtype(name: str) -> torch.dtype | str:
     return name if name == "auto" else getattr(torch, name)
 
 
-def _add_image_token(tokenizer: PreTrainedTokenizerBase) -> None:
+def add_image_token(tokenizer: PreTrainedTokenizerBase) -> None:
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
     if tokenizer.pad_token is None:
@@ -111,12 +111,12 @@ def _supports_dtype_kwarg() -> bool:
     return int(transformers.__version__.split(".")[0]) >= 5
 
 
-def _from_pretrained(model_class, path: str, dtype):
+def from_pretrained_any_version(model_class, path: str, dtype):
     key = "dtype" if _supports_dtype_kwarg() else "torch_dtype"
     return model_class.from_pretrained(path, **{key: dtype})
 
 
-def _load_blip2_front_end(path: str, dtype) -> tuple[Blip2VisionModel, Blip2QFormerModel, torch.Tensor, int]:
+def load_blip2_front_end(path: str, dtype) -> tuple[Blip2VisionModel, Blip2QFormerModel, torch.Tensor, int]:
     """The vision model, Q-Former and query tokens of a transformers BLIP-2 checkpoint (its LM is not loaded)."""
     config = AutoConfig.from_pretrained(path)
     if config.model_type != "blip-2":
@@ -155,23 +155,27 @@ def build(args: BuildArguments) -> tuple[MiniVLMForConditionalGeneration, MiniLl
     """Composes the model and processor from the pretrained parts named in `args` (or its preset), and saves them."""
     args = resolve_preset(args)
     defaults = ARCH_DEFAULTS[args.arch]
-    dtype = _dtype(args.dtype)
+    dtype = parse_dtype(args.dtype)
     torch.manual_seed(args.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(args.text_model)
-    _add_image_token(tokenizer)
-    language_model = _from_pretrained(AutoModelForCausalLM, args.text_model, dtype)
+    add_image_token(tokenizer)
+    language_model = from_pretrained_any_version(AutoModelForCausalLM, args.text_model, dtype)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     common = {"text_config": language_model.config, "image_token_id": image_token_id}
 
     if args.arch == "llava-1.5":
-        vision_tower = _from_pretrained(MODEL_MAPPING[type(_vision_config(args.vision_model))], args.vision_model, dtype)
+        vision_tower = from_pretrained_any_version(
+            MODEL_MAPPING[type(vision_config_of(args.vision_model))], args.vision_model, dtype
+        )
         config = MiniLlavaConfig(
             vision_config=vision_tower.config,
             vision_feature_layer=_pick(args.vision_feature_layer, defaults["vision_feature_layer"]),
             vision_feature_select_strategy=_pick(
                 args.vision_feature_select_strategy,
-                "full" if vision_tower.config.model_type == "siglip_vision_model" else defaults["vision_feature_select_strategy"],
+                "full"
+                if vision_tower.config.model_type == "siglip_vision_model"
+                else defaults["vision_feature_select_strategy"],
             ),
             projector_type=_pick(args.projector_type, defaults["projector_type"]),
             **common,
@@ -183,7 +187,7 @@ def build(args: BuildArguments) -> tuple[MiniVLMForConditionalGeneration, MiniLl
         model.model.multi_modal_projector = MiniLlavaMultiModalProjector(config).to(vision_tower.dtype)
         recipe, vision_config = "llava-1.5", vision_tower.config
     else:
-        vision_tower, qformer, query_tokens, num_query_tokens = _load_blip2_front_end(args.vision_model, dtype)
+        vision_tower, qformer, query_tokens, num_query_tokens = load_blip2_front_end(args.vision_model, dtype)
         if args.num_query_tokens not in (None, num_query_tokens):
             raise ValueError(
                 f"--num-query-tokens {args.num_query_tokens} differs from the {num_query_tokens} queries of "
@@ -211,16 +215,12 @@ def build(args: BuildArguments) -> tuple[MiniVLMForConditionalGeneration, MiniLl
     model.config.tie_word_embeddings = bool(getattr(language_model.config, "tie_word_embeddings", False))
     model.tie_weights()
     _check_materialised(model)
-    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=args.pad_to_multiple_of)
-    model.config.text_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    fit_tokenizer(model, tokenizer, pad_to_multiple_of=args.pad_to_multiple_of)
 
     processor = MiniLlavaProcessor(
-        image_processor=make_image_processor(recipe, vision_config.image_size, **_image_stats(args.vision_model)),
+        image_processor=make_image_processor(recipe, vision_config.image_size, **image_stats(args.vision_model)),
         tokenizer=tokenizer,
-        chat_template=_chat_template(_pick(args.chat_template, defaults["chat_template"]), tokenizer),
+        chat_template=resolve_chat_template(_pick(args.chat_template, defaults["chat_template"]), tokenizer),
         image_token=IMAGE_TOKEN,
         num_image_tokens=model.config.image_seq_length,
     )
@@ -229,14 +229,27 @@ def build(args: BuildArguments) -> tuple[MiniVLMForConditionalGeneration, MiniLl
     return model, processor
 
 
-def save(model: MiniVLMForConditionalGeneration, processor: MiniLlavaProcessor, output_dir: str | Path) -> None:
-    """Saves model (safetensors), processor and their code so the folder loads with `trust_remote_code=True`."""
+def fit_tokenizer(model: MiniVLMForConditionalGeneration, tokenizer, pad_to_multiple_of: int | None = None) -> None:
+    """Grows the token embeddings to the tokenizer (never shrinks them) and records its special token ids."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of)
+    model.config.text_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def save(
+    model: MiniVLMForConditionalGeneration, processor: MiniLlavaProcessor, output_dir: str | Path, **save_kwargs
+) -> None:
+    """Saves model (safetensors), processor and their code so the folder loads with `trust_remote_code=True`;
+    `save_kwargs` go to the model's `save_pretrained` (e.g. `max_shard_size`)."""
     if processor.num_image_tokens != model.config.image_seq_length:
         raise ValueError(
             f"The processor expands images to {processor.num_image_tokens} tokens but the model expects "
             f"{model.config.image_seq_length}"
         )
-    model.save_pretrained(output_dir)
+    model.save_pretrained(output_dir, **save_kwargs)
     processor.save_pretrained(output_dir)
     logger.info("Saved %s and its processor to %s", type(model).__name__, output_dir)
 
@@ -245,12 +258,12 @@ def _pick(value, default):
     return default if value is None else value
 
 
-def _vision_config(path: str):
+def vision_config_of(path: str):
     config = AutoConfig.from_pretrained(path)
     return getattr(config, "vision_config", config)
 
 
-def _image_stats(path: str) -> dict:
+def image_stats(path: str) -> dict:
     """Normalisation statistics of the vision checkpoint's own image processor, when it ships one."""
     try:
         image_processor = AutoImageProcessor.from_pretrained(path)
@@ -259,7 +272,7 @@ def _image_stats(path: str) -> dict:
     return {"image_mean": list(image_processor.image_mean), "image_std": list(image_processor.image_std)}
 
 
-def _chat_template(name: str, tokenizer: PreTrainedTokenizerBase) -> str:
+def resolve_chat_template(name: str, tokenizer: PreTrainedTokenizerBase) -> str:
     if name == "lm":
         if not tokenizer.chat_template:
             raise ValueError("--chat-template lm: the language model's tokenizer has no chat template")
@@ -277,11 +290,30 @@ def main(argv: list[str] | None = None) -> None:
     """`minillava build`: compose, save, and print where."""
     from transformers import HfArgumentParser
 
-    (args,) = HfArgumentParser(BuildArguments, prog="minillava build", description=__doc__).parse_args_into_dataclasses(
-        argv
-    )
+    (args,) = HfArgumentParser(
+        BuildArguments, prog="minillava build", description=__doc__
+    ).parse_args_into_dataclasses(argv)
     model, _ = build(args)
-    print(f"Saved {type(model).__name__} ({model.num_parameters():,} parameters) and its processor to {args.output_dir}")
+    print(
+        f"Saved {type(model).__name__} ({model.num_parameters():,} parameters) and its processor to {args.output_dir}"
+    )
 
 
-__all__ = ["ARCH_DEFAULTS", "BuildArguments", "build", "load_preset", "main", "resolve_preset", "save"]
+__all__ = [
+    "ARCH_DEFAULTS",
+    "BuildArguments",
+    "IMAGE_TOKEN",
+    "add_image_token",
+    "build",
+    "fit_tokenizer",
+    "from_pretrained_any_version",
+    "image_stats",
+    "load_blip2_front_end",
+    "load_preset",
+    "main",
+    "parse_dtype",
+    "resolve_chat_template",
+    "resolve_preset",
+    "save",
+    "vision_config_of",
+]

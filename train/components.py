@@ -141,8 +141,8 @@ class _Schedule:
 
 
 _SCHEDULES = {
-    ("lm", False): _Schedule(steps=500, batch_size=32, num_images=6000, lr=3e-3),
-    ("lm", True): _Schedule(steps=150, batch_size=32, num_images=2000, lr=3e-3),
+    ("lm", False): _Schedule(steps=150, batch_size=16, num_images=6000, lr=3e-3),
+    ("lm", True): _Schedule(steps=60, batch_size=16, num_images=2000, lr=3e-3),
     ("vision", False): _Schedule(steps=500, batch_size=64, num_images=6000, lr=2e-3),
     ("vision", True): _Schedule(steps=150, batch_size=64, num_images=2000, lr=2e-3),
 }
@@ -308,15 +308,17 @@ def _lm_config(vocab_size: int) -> LlamaConfig:
 
 
 def _lm_batches(
-    tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], batch_size: int, generator: torch.Generator
+    tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], batch_size: int, block_size: int, generator: torch.Generator
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled batches; documents end with `</s>` and padding is masked out of the loss."""
-    ids = [tokenizer(text).input_ids for text in texts]
-    ids = [row if row[-1] == tokenizer.eos_token_id else row + [tokenizer.eos_token_id] for row in ids]
+    """Endless shuffled batches of `block_size` tokens packed from `<s> text </s>` documents (no padding)."""
+    eos = tokenizer.eos_token_id
+    stream = []
+    for ids in tokenizer(list(texts)).input_ids:
+        stream += ids if ids[-1] == eos else [*ids, eos]
+    blocks = torch.tensor(stream[: len(stream) // block_size * block_size]).view(-1, block_size)
     while True:
-        for start in range(0, len(ids) - batch_size + 1, batch_size):
-            order = torch.randperm(len(ids), generator=generator) if start == 0 else order
-            yield _pad([ids[i] for i in order[start : start + batch_size].tolist()], tokenizer.pad_token_id)
+        for index in torch.randperm(len(blocks), generator=generator)[: len(blocks) // batch_size * batch_size].split(batch_size):
+            yield {"input_ids": blocks[index], "labels": blocks[index]}
 
 
 def _pad(rows: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -362,7 +364,7 @@ def _build_lm(folder: Path, quick: bool, verbose: bool) -> dict[str, float]:
     tokenizer = build_tokenizer()
     model = LlamaForCausalLM(_lm_config(len(tokenizer)))
     generator = torch.Generator().manual_seed(_SEED)
-    batches = _lm_batches(tokenizer, lm_corpus(schedule.num_images), schedule.batch_size, generator)
+    batches = _lm_batches(tokenizer, lm_corpus(schedule.num_images), schedule.batch_size, 128, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=0.01)
     scheduler = _warmup_cosine(optimizer, schedule.steps)
     model.train()

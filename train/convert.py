@@ -11,7 +11,6 @@ weight unset. The renaming rules of each format are the tables below; pickles ar
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import math
@@ -45,17 +44,19 @@ from minillava.modeling import (
 )
 from minillava.modeling.modeling_base import PUBLISHED_VISION_PREFIX, VISION_TOWER_KEY
 from minillava.processing import MiniLlavaProcessor, make_image_processor
+from minillava.processing.processing_minillava import make_tokenizer_config_portable
 from minillava.train.build import (
     ARCH_DEFAULTS,
     IMAGE_TOKEN,
-    _add_image_token,
-    _chat_template,
-    _dtype,
-    _from_pretrained,
-    _image_stats,
-    _load_blip2_front_end,
-    _vision_config,
+    add_image_token,
+    fit_tokenizer,
+    from_pretrained_any_version,
+    image_stats,
+    load_blip2_front_end,
+    parse_dtype,
+    resolve_chat_template,
     save,
+    vision_config_of,
 )
 from minillava.train.checkpoints import load_exact, load_tensors, weight_files
 
@@ -278,27 +279,6 @@ def assemble(
     return model.eval()
 
 
-def fit_tokenizer(model: MiniVLMForConditionalGeneration, tokenizer, pad_to_multiple_of: int | None = None) -> None:
-    """Grows the token embeddings to the tokenizer (never shrinks them) and records its special token ids."""
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of)
-    model.config.text_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-
-
-def save_minillava(
-    model: MiniVLMForConditionalGeneration, processor: MiniLlavaProcessor, output_dir: str, max_shard_size: str
-) -> None:
-    """`build.save`, with the weights split into shards of at most `max_shard_size`."""
-    model.save_pretrained = functools.partial(model.save_pretrained, max_shard_size=max_shard_size)
-    try:
-        save(model, processor, output_dir)
-    finally:
-        del model.save_pretrained
-
-
 def write_safetensors(tensors: dict[str, torch.Tensor], output_dir: str | Path, max_shard_size: str) -> None:
     """Writes `tensors` as `model.safetensors`, or as shards with `model.safetensors.index.json` when larger than
     `max_shard_size`; stale weight files of an earlier run are removed."""
@@ -354,7 +334,7 @@ def convert_from_llava_hf(
     )
     tensors = rename_keys(read_weights(source, "llava-hf weights"), FROM_LLAVA_HF)
     tensors = published_layout(tensors, config.vision_config.model_type)
-    model = assemble(MiniLlavaForConditionalGeneration, config, tensors, f"{source} (llava-hf)", _dtype(dtype))
+    model = assemble(MiniLlavaForConditionalGeneration, config, tensors, f"{source} (llava-hf)", parse_dtype(dtype))
 
     llava_processor = AutoProcessor.from_pretrained(source)
     if not isinstance(llava_processor, LlavaProcessor):
@@ -371,12 +351,12 @@ def convert_from_llava_hf(
         image_processor=llava_processor.image_processor,
         tokenizer=llava_processor.tokenizer,
         chat_template=llava_processor.chat_template
-        or _chat_template(ARCH_DEFAULTS["llava-1.5"]["chat_template"], llava_processor.tokenizer),
+        or resolve_chat_template(ARCH_DEFAULTS["llava-1.5"]["chat_template"], llava_processor.tokenizer),
         image_token=llava_processor.image_token,
         num_image_tokens=num_image_tokens,
     )
     fit_tokenizer(model, processor.tokenizer)
-    save_minillava(model, processor, output_dir, max_shard_size)
+    save(model, processor, output_dir, max_shard_size=max_shard_size)
     return model, processor
 
 
@@ -456,24 +436,6 @@ def convert_to_llava_hf(source: str, output_dir: str, *, max_shard_size: str = "
     processor.image_processor.save_pretrained(output_dir)  # preprocessor_config.json, for loaders older than 4.57
     make_tokenizer_config_portable(output_dir)
     return llava_config
-
-
-# transformers 5.x writes names into tokenizer_config.json that 4.x (which vLLM, SGLang and lmms-eval often run) cannot
-# read; both versions read the 4.x names.
-TOKENIZER_CLASS_V4_NAMES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
-
-
-def make_tokenizer_config_portable(folder: str | Path) -> None:
-    """Rewrites a transformers 5.x `tokenizer_config.json` with the names transformers 4.x reads too."""
-    path = Path(folder) / "tokenizer_config.json"
-    tokenizer_config = json.loads(path.read_text())
-    name = tokenizer_config.get("tokenizer_class")
-    tokenizer_config["tokenizer_class"] = TOKENIZER_CLASS_V4_NAMES.get(name, name)
-    extra = tokenizer_config.get("extra_special_tokens")
-    if isinstance(extra, list):  # 5.x: a list of extra special tokens; 4.x: `additional_special_tokens`
-        del tokenizer_config["extra_special_tokens"]
-        tokenizer_config["additional_special_tokens"] = extra
-    path.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -603,7 +565,7 @@ def convert_from_llava(
     vision_path = vision_model or settings["mm_vision_tower"]
     if vision_path is None:
         raise ValueError(f"{source}: its config names no mm_vision_tower; pass --vision-model")
-    vision_config = _vision_config(vision_path)
+    vision_config = vision_config_of(vision_path)
 
     # the language model, then the projector (or LoRA run's trained non-LoRA weights), then LoRA merged in
     tensors = read_weights(lm_source, "language model weights")
@@ -618,12 +580,12 @@ def convert_from_llava(
     if any(key.startswith(VISION_TOWER_KEY) for key in tensors):
         logger.info("%s holds its own vision tower weights; they replace those of %s", source, vision_path)
     else:
-        vision_tower = _from_pretrained(MODEL_MAPPING[type(vision_config)], vision_path, "auto")
+        vision_tower = from_pretrained_any_version(MODEL_MAPPING[type(vision_config)], vision_path, "auto")
         vision = {VISION_TOWER_KEY + key: value for key, value in vision_tower.state_dict().items()}
         tensors.update(published_layout(vision, vision_config.model_type))
 
     tokenizer = AutoTokenizer.from_pretrained(lm_source)
-    _add_image_token(tokenizer)
+    add_image_token(tokenizer)
     config = MiniLlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -634,20 +596,20 @@ def convert_from_llava(
         tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
     )
     what = f"{source} (original LLaVA)" + (f" + {mm_projector}" if mm_projector else "")
-    model = assemble(MiniLlavaForConditionalGeneration, config, tensors, what, _dtype(dtype))
+    model = assemble(MiniLlavaForConditionalGeneration, config, tensors, what, parse_dtype(dtype))
     torch.manual_seed(seed)
     fit_tokenizer(model, tokenizer, pad_to_multiple_of)
 
-    image_processor = make_image_processor("llava-1.5", vision_config.image_size, **_image_stats(vision_path))
+    image_processor = make_image_processor("llava-1.5", vision_config.image_size, **image_stats(vision_path))
     image_processor.do_pad = ORIGINAL_ASPECT_RATIO_PADS[settings["image_aspect_ratio"]]
     processor = MiniLlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        chat_template=_chat_template(chat_template or ARCH_DEFAULTS["llava-1.5"]["chat_template"], tokenizer),
+        chat_template=resolve_chat_template(chat_template or ARCH_DEFAULTS["llava-1.5"]["chat_template"], tokenizer),
         image_token=IMAGE_TOKEN,
         num_image_tokens=model.config.image_seq_length,
     )
-    save_minillava(model, processor, output_dir, max_shard_size)
+    save(model, processor, output_dir, max_shard_size=max_shard_size)
     return model, processor
 
 
@@ -745,7 +707,7 @@ def minigpt4_front_end(
         return vision_config, qformer_config, num_query_tokens, tensors
     if blip2_config is not None:
         raise ValueError("--blip2-config is for LAVIS .pth files; a transformers BLIP-2 folder has its own config")
-    vision, qformer, query_tokens, num_query_tokens = _load_blip2_front_end(local_folder(blip2), dtype)
+    vision, qformer, query_tokens, num_query_tokens = load_blip2_front_end(local_folder(blip2), dtype)
     tensors = {
         **{VISION_TOWER_KEY + key: value for key, value in vision.state_dict().items()},
         **{f"model.qformer.{key}": value for key, value in qformer.state_dict().items()},
@@ -770,10 +732,12 @@ def convert_from_minigpt4(
     """A MiniGPT-4 checkpoint (`.pth` holding `llama_proj`) with its BLIP-2 front end (transformers folder or LAVIS
     `.pth`) and its causal LM folder, as a minillava MiniGPT-4 model and processor with MiniGPT-4's prompt format."""
     projection = rename_keys(load_tensors(source), FROM_MINIGPT4)
-    vision_config, qformer_config, num_query_tokens, tensors = minigpt4_front_end(blip2, blip2_config, _dtype(dtype))
-    language_model = _from_pretrained(AutoModelForCausalLM, text_model, _dtype(dtype))
+    vision_config, qformer_config, num_query_tokens, tensors = minigpt4_front_end(
+        blip2, blip2_config, parse_dtype(dtype)
+    )
+    language_model = from_pretrained_any_version(AutoModelForCausalLM, text_model, parse_dtype(dtype))
     tokenizer = AutoTokenizer.from_pretrained(text_model)
-    _add_image_token(tokenizer)
+    add_image_token(tokenizer)
 
     weight = projection.get("model.language_projection.weight")
     text_hidden = language_model.config.hidden_size
@@ -796,19 +760,19 @@ def convert_from_minigpt4(
         tie_word_embeddings=getattr(language_model.config, "tie_word_embeddings", False),
     )
     what = f"{source} + {blip2} + {text_model} (MiniGPT-4)"
-    model = assemble(MiniGPT4ForConditionalGeneration, config, tensors, what, _dtype(dtype))
+    model = assemble(MiniGPT4ForConditionalGeneration, config, tensors, what, parse_dtype(dtype))
     torch.manual_seed(seed)
     fit_tokenizer(model, tokenizer, pad_to_multiple_of)
 
-    stats = {} if Path(blip2).is_file() else _image_stats(blip2)
+    stats = {} if Path(blip2).is_file() else image_stats(blip2)
     processor = MiniLlavaProcessor(
         image_processor=make_image_processor("minigpt4", vision_config.image_size, **stats),
         tokenizer=tokenizer,
-        chat_template=_chat_template(chat_template or ARCH_DEFAULTS["minigpt4"]["chat_template"], tokenizer),
+        chat_template=resolve_chat_template(chat_template or ARCH_DEFAULTS["minigpt4"]["chat_template"], tokenizer),
         image_token=IMAGE_TOKEN,
         num_image_tokens=model.config.image_seq_length,
     )
-    save_minillava(model, processor, output_dir, max_shard_size)
+    save(model, processor, output_dir, max_shard_size=max_shard_size)
     return model, processor
 
 
@@ -922,12 +886,10 @@ __all__ = [
     "convert_from_llava_hf",
     "convert_from_minigpt4",
     "convert_to_llava_hf",
-    "fit_tokenizer",
     "image_tokens_per_image",
     "is_original_llava_config",
     "local_folder",
     "main",
-    "make_tokenizer_config_portable",
     "published_layout",
     "read_weights",
     "rename_keys",
