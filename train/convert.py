@@ -836,20 +836,36 @@ def make_parser() -> argparse.ArgumentParser:
     )
     direction.add_argument("--to", dest="to_format", choices=TARGET_FORMATS, help="export a minillava model")
     parser.add_argument("source", metavar="SRC", help="source folder (minigpt4: the .pth holding llama_proj)")
-    parser.add_argument("--output-dir", required=True, help="where the converted model and processor are written")
+    parser.add_argument(
+        "--output-dir", "--output_dir", required=True, help="where the converted model and processor are written"
+    )
     parser.add_argument("--dtype", help="auto (the language model's), float32, bfloat16 or float16 (default: auto)")
-    parser.add_argument("--max-shard-size", help="largest weight file written, e.g. 5GB (default: 5GB)")
-    parser.add_argument("--chat-template", help="vicuna_v1, plain, minigpt4_vicuna0, minigpt4_llama2 or lm")
-    parser.add_argument("--pad-to-multiple-of", type=int, help="pad the grown vocabulary (llava-hf uses 64)")
+    parser.add_argument(
+        "--max-shard-size", "--max_shard_size", help="largest weight file written, e.g. 5GB (default: 5GB)"
+    )
+    parser.add_argument(
+        "--chat-template", "--chat_template", help="vicuna_v1, plain, minigpt4_vicuna0, minigpt4_llama2 or lm"
+    )
+    parser.add_argument(
+        "--pad-to-multiple-of", "--pad_to_multiple_of", type=int, help="pad the grown vocabulary (llava-hf uses 64)"
+    )
     parser.add_argument("--seed", type=int, help="seed for the embedding rows of added tokens (default: 0)")
     llava = parser.add_argument_group("--from llava")
-    llava.add_argument("--vision-model", help="vision tower folder or Hub id (default: the config's mm_vision_tower)")
-    llava.add_argument("--mm-projector", help="a stage-1 mm_projector.bin to apply to SRC, a base causal LM")
-    llava.add_argument("--base-model", help="the base causal LM of a LoRA output SRC")
+    llava.add_argument(
+        "--vision-model",
+        "--vision_model",
+        help="vision tower folder or Hub id (default: the config's mm_vision_tower)",
+    )
+    llava.add_argument(
+        "--mm-projector", "--mm_projector", help="a stage-1 mm_projector.bin to apply to SRC, a base causal LM"
+    )
+    llava.add_argument("--base-model", "--base_model", help="the base causal LM of a LoRA output SRC")
     minigpt4 = parser.add_argument_group("--from minigpt4")
     minigpt4.add_argument("--blip2", help="BLIP-2 checkpoint: a transformers Blip2 folder or a LAVIS .pth")
-    minigpt4.add_argument("--blip2-config", help="Blip2Config folder for a LAVIS .pth of non-standard size")
-    minigpt4.add_argument("--text-model", help="the causal LM folder (Vicuna / Llama-2)")
+    minigpt4.add_argument(
+        "--blip2-config", "--blip2_config", help="Blip2Config folder for a LAVIS .pth of non-standard size"
+    )
+    minigpt4.add_argument("--text-model", "--text_model", help="the causal LM folder (Vicuna / Llama-2)")
     return parser
 
 
