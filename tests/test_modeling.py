@@ -174,3 +174,17 @@ def test_minigpt4_qformer_stays_fp32_in_bfloat16(tmp_path):
     assert reloaded.model.language_model.embed_tokens.weight.dtype == torch.bfloat16
     ids = torch.tensor(image_prompt_ids(tokenizer, model, ["<image>\nhi"]))
     assert torch.isfinite(reloaded(input_ids=ids, pixel_values=pixels(1)).logits.float()).all()
+
+
+def test_plain_load_state_dict_reads_the_saved_file(model_and_tokenizer, tmp_path):
+    """What the Trainer does on resume: `load_state_dict` of the saved safetensors (published vision key layout)."""
+    from safetensors.torch import load_file
+
+    model, tokenizer = model_and_tokenizer
+    model.save_pretrained(tmp_path)
+    fresh = type(model)(model.config).eval()
+    result = fresh.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=False)
+    assert result.unexpected_keys == []
+    assert set(result.missing_keys) <= {"lm_head.weight"}  # tied to the input embeddings when the LM ties them
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[name], tensor)
