@@ -1,5 +1,9 @@
 """minillava processing: the processor, the chat templates and the image processors of each recipe."""
 
+# Registers the model classes and this processor with the Auto classes, so saved folders load without a
+# `trust_remote_code` prompt once minillava is imported.
+import minillava.modeling  # noqa: F401
+
 from .chat_templates import (
     CHAT_TEMPLATES,
     DEFAULT_IMAGE_TOKEN,

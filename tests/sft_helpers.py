@@ -61,12 +61,13 @@ def record_line(path: Path, sample_id: str) -> int:
     return next(i for i, line in enumerate(lines, start=1) if f'"id": "{sample_id}"' in line) - 1
 
 
-def run_sft(recipe: str, *flags: str, callbacks: list | None = None, **kwargs):
-    """`minillava sft --config RECIPE FLAGS...` in this process: returns `(trainer, metrics)`."""
+def run_sft(recipe: str, *flags: str, callbacks: list | None = None, **options):
+    """`minillava sft --config RECIPE FLAGS... --OPTION VALUE...` in this process: returns `(trainer, metrics)`."""
+    flags = [*flags, *(item for key, value in options.items() for item in (f"--{key}", str(value)))]
     script_args, training_args, model_args = make_parser().parse_args_and_config(
         ["--config", resolve_recipe(recipe), *flags]
     )
-    return train(script_args, training_args, model_args, callbacks=callbacks, **kwargs)
+    return train(script_args, training_args, model_args, callbacks=callbacks)
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -126,6 +126,7 @@ def test_wheel_installs_one_import_root(tmp_path):
     assert roots == {"minillava"}
     assert "minillava/hub_configs/llava-1.5-7b.json" in names
     assert "minillava/modeling/modeling_minillava.py" in names
+    assert "minillava/hub_configs/recipes/llava-1.5-align.yaml" in names
 
 
 def test_code_never_imports_the_bare_folder_names():

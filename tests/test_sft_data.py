@@ -79,7 +79,9 @@ def test_caption_json_renders_plain_template(tmp_path, llava_processor):
     path, images = write_llava_dataset(tmp_path, records=records)
     plain = get_chat_template("plain")
     dataset, _ = load_sft_dataset(str(path), llava_processor, image_folder=str(images), chat_template=plain)
-    assert llava_processor.apply_chat_template(dataset[0]["messages"], chat_template=plain) == "<s><image>A red circle.\n"
+    assert (
+        llava_processor.apply_chat_template(dataset[0]["messages"], chat_template=plain) == "<s><image>A red circle.\n"
+    )
 
 
 def test_cc_sbu_align_folder(tmp_path, built):
@@ -139,7 +141,7 @@ def test_messages_file_saved_folder_and_dataset_agree(tmp_path, llava_processor)
     loaded = [load_sft_dataset(source, llava_processor, max_length=512)[0] for source in sources]
     for dataset in loaded:
         assert [row["messages"] for row in dataset] == [row["messages"] for row in loaded[0]]
-        for row, i in zip(dataset, range(2)):
+        for i, row in enumerate(dataset):
             assert np.array_equal(np.asarray(row["images"][0]), np.asarray(make_image(i)))
 
 
@@ -184,7 +186,10 @@ def test_each_bad_sample_is_skipped_and_named_by_id_and_line(tmp_path, llava_pro
 
 def test_bad_jsonl_line_and_text_only_sample_in_align(tmp_path, llava_processor):
     make_image(0).save(tmp_path / "0.png")
-    good = {"id": "good", "messages": [{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "A"}]}
+    good = {
+        "id": "good",
+        "messages": [{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "A"}],
+    }
     text_only = {"id": "text", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A"}]}
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps({**good, "images": ["0.png"]}) + "\n{not json\n" + json.dumps(text_only) + "\n")

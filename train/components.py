@@ -65,7 +65,6 @@ from minillava.train.demo_world import (
     POSITIONS,
     SHAPES,
     Scene,
-    answer_kind,
     make_scenes,
     normalize_answer,
     world_sentences,
@@ -141,10 +140,10 @@ class _Schedule:
 
 
 _SCHEDULES = {
-    ("lm", False): _Schedule(steps=150, batch_size=16, num_images=6000, lr=3e-3),
-    ("lm", True): _Schedule(steps=60, batch_size=16, num_images=2000, lr=3e-3),
-    ("vision", False): _Schedule(steps=500, batch_size=64, num_images=6000, lr=2e-3),
-    ("vision", True): _Schedule(steps=150, batch_size=64, num_images=2000, lr=2e-3),
+    ("lm", False): _Schedule(steps=180, batch_size=16, num_images=6000, lr=5e-3),
+    ("lm", True): _Schedule(steps=100, batch_size=16, num_images=3000, lr=5e-3),
+    ("vision", False): _Schedule(steps=350, batch_size=64, num_images=6000, lr=3e-3),
+    ("vision", True): _Schedule(steps=150, batch_size=64, num_images=3000, lr=4e-3),
 }
 _PROBE_IMAGES = {False: (1500, 600), True: (600, 300)}  # (train, test) scenes for the attribute probe
 
@@ -218,43 +217,46 @@ def _cached(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _vicuna(turns: Sequence[tuple[str, str]], image: bool) -> str:
-    """vicuna_v1 (LLaVA-1.5): `{system} USER: <image>\\n{q} ASSISTANT: {a}</s>USER: ...`, without the image."""
+def _vicuna(turns: Sequence[tuple[str, str]], image_text: str | None) -> str:
+    """vicuna_v1 (LLaVA-1.5), `{system} USER: <image>\n{q} ASSISTANT: {a}</s>USER: ...`, with `image_text` where
+    the image goes (no image turn when `None`)."""
     text = VICUNA_SYSTEM_PROMPT + " "
     for turn, (question, answer) in enumerate(turns):
-        prefix = "\n" if image and turn == 0 else ""  # what is left of "<image>\n" once the image is cut out
-        text += f"USER: {prefix}{question} ASSISTANT: {answer}</s>"
+        image = f"{image_text}\n" if image_text is not None and turn == 0 else ""
+        text += f"USER: {image}{question} ASSISTANT: {answer}</s>"
     return text
 
 
-def _minigpt4(question: str, answer: str, system: bool) -> str:
-    """MiniGPT-4 vicuna0: `###Human: <Img>{image}</Img> {q}###Assistant: {a}###`, without the image."""
+def _minigpt4(question: str, answer: str, image_text: str, system: bool) -> str:
+    """MiniGPT-4 (Vicuna v0), `###Human: <Img>{image}</Img> {q}###Assistant: {a}###`, with `image_text` as image."""
     head = MINIGPT4_SYSTEM_PROMPT + "###" if system else "###"
-    return f"{head}Human: <Img></Img> {question}###Assistant: {answer}###"
+    return f"{head}Human: <Img>{image_text}</Img> {question}###Assistant: {answer}###"
 
 
 def lm_corpus(num_texts: int, split: str = "pretrain", seed: int = 0) -> list[str]:
-    """Text-only documents about `num_texts` scenes: plain captions and conversations in both chat templates.
+    """Text-only documents about `num_texts` scenes: captions, and conversations in both chat templates.
 
     Each scene gives one document, cycling through: a caption (LLaVA's `plain` stage-1 text), a vicuna_v1
-    captioning turn, a vicuna_v1 single question, a vicuna_v1 multi-turn VQA conversation and a MiniGPT-4 turn.
+    captioning turn, a vicuna_v1 question, a vicuna_v1 multi-turn VQA conversation and a MiniGPT-4 turn. In the
+    conversations the scene's caption stands where the image will go, so the LM learns to answer from what that
+    slot says; aligning image features to that slot is then all stage 1 has to do (MiniGPT-4 keeps the LM frozen).
     """
     texts = []
     for index, scene in enumerate(make_scenes(num_texts, split, seed)):
-        pairs = scene.questions()
+        pairs, caption = scene.questions(), scene.caption()
         rng = random.Random(index)
         kind = index % 5
         if kind == 0:
-            texts.append(scene.caption() + "\n")
+            texts.append(caption + "\n")
         elif kind == 1:
-            texts.append(_vicuna([(scene.caption_instruction(), scene.caption())], image=True))
+            texts.append(_vicuna([(scene.caption_instruction(), caption)], image_text=caption))
         elif kind == 2:
-            texts.append(_vicuna([rng.choice(pairs)], image=True))
+            texts.append(_vicuna([rng.choice(pairs)], image_text=caption))
         elif kind == 3:
-            texts.append(_vicuna(rng.sample(pairs, len(pairs)), image=True))
+            texts.append(_vicuna(rng.sample(pairs, len(pairs)), image_text=caption))
         else:
-            question, answer = rng.choice(pairs + [(scene.caption_instruction(), scene.caption())])
-            texts.append(_minigpt4(question, answer, system=rng.random() < 0.5))
+            question, answer = rng.choice([*pairs, (scene.caption_instruction(), caption)])
+            texts.append(_minigpt4(question, answer, caption, system=rng.random() < 0.5))
     return texts
 
 
@@ -272,8 +274,9 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    # Word frequencies follow the LM corpus, so template words merge as early as the world's own words.
-    corpus = lm_corpus(1000) + list(world_sentences()) + list(_TEMPLATE_TEXTS)
+    # Word frequencies follow the LM corpus, so template words merge as early as the world's own words; the answer
+    # list is repeated so that every answer, after a space, is one token.
+    corpus = [*lm_corpus(1000), *world_sentences(), *_TEMPLATE_TEXTS, *[" ".join(ANSWERS)] * 100]
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     bos = SPECIAL_TOKENS[1]
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -287,7 +290,18 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         pad_token="<pad>",
         model_max_length=512,
         padding_side="right",
+        model_input_names=["input_ids", "attention_mask"],
     )
+
+
+def _save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+    """`save_pretrained`, naming the class `PreTrainedTokenizerFast` (transformers 5 writes its internal
+    `TokenizersBackend`, which transformers 4 cannot load)."""
+    tokenizer.save_pretrained(folder)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _lm_config(vocab_size: int) -> LlamaConfig:
@@ -307,21 +321,26 @@ def _lm_config(vocab_size: int) -> LlamaConfig:
     )
 
 
+def _documents(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of `<s> text </s>` (texts in the chat templates already end with `</s>`)."""
+    eos = tokenizer.eos_token_id
+    return [ids if ids[-1] == eos else [*ids, eos] for ids in tokenizer(list(texts)).input_ids]
+
+
 def _lm_batches(
     tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], batch_size: int, block_size: int, generator: torch.Generator
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled batches of `block_size` tokens packed from `<s> text </s>` documents (no padding)."""
-    eos = tokenizer.eos_token_id
-    stream = []
-    for ids in tokenizer(list(texts)).input_ids:
-        stream += ids if ids[-1] == eos else [*ids, eos]
+    """Endless shuffled batches of `block_size` tokens packed from documents (no padding)."""
+    stream = [token for ids in _documents(tokenizer, texts) for token in ids]
     blocks = torch.tensor(stream[: len(stream) // block_size * block_size]).view(-1, block_size)
     while True:
-        for index in torch.randperm(len(blocks), generator=generator)[: len(blocks) // batch_size * batch_size].split(batch_size):
+        order = torch.randperm(len(blocks), generator=generator)
+        for index in order[: len(blocks) // batch_size * batch_size].split(batch_size):
             yield {"input_ids": blocks[index], "labels": blocks[index]}
 
 
 def _pad(rows: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `attention_mask` and `labels` (padding masked out)."""
     length = max(len(row) for row in rows)
     input_ids = torch.full((len(rows), length), pad_id)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -340,23 +359,27 @@ def _warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.
 
 @torch.no_grad()
 def _lm_quality(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, num_texts: int) -> dict[str, float]:
-    """Held-out perplexity, and how often greedy decoding after a question gives an answer of the right kind."""
+    """Held-out perplexity, and how often the LM answers a question from the description in the image slot."""
     model.eval()
-    texts = lm_corpus(num_texts, split="test", seed=_SEED + 1)
     nll, count = 0.0, 0
-    for start in range(0, len(texts), 32):
-        batch = _pad([tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts[start : start + 32]], 3)
-        loss = model(**batch).loss
+    documents = _documents(tokenizer, lm_corpus(num_texts, split="test", seed=_SEED + 1))
+    for start in range(0, len(documents), 32):
+        batch = _pad(documents[start : start + 32], tokenizer.pad_token_id)
         tokens = int((batch["labels"][:, 1:] != -100).sum())
-        nll, count = nll + float(loss) * tokens, count + tokens
-    questions = [pair for scene in make_scenes(num_texts // 4, "test", _SEED + 1) for pair in scene.questions()]
-    right_kind = 0
-    for question, answer in questions:
-        prompt = tokenizer(_vicuna([(question, "")], image=True).removesuffix("</s>").rstrip(), return_tensors="pt")
-        out = model.generate(**prompt, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        prediction = normalize_answer(tokenizer.decode(out[0, prompt.input_ids.shape[1] :], skip_special_tokens=True))
-        right_kind += prediction in ANSWERS and answer_kind(prediction) == answer_kind(answer)
-    return {"heldout_perplexity": round(math.exp(nll / count), 3), "answer_kind_accuracy": right_kind / len(questions)}
+        nll, count = nll + float(model(**batch).loss) * tokens, count + tokens
+    # Every answer is one token after a space, so the next-token argmax is the greedy answer.
+    scenes = make_scenes(num_texts // 4, "test", _SEED + 1)
+    prompts, answers = [], []
+    for scene in scenes:
+        for question, answer in scene.questions():
+            prompts.append(tokenizer(_vicuna([(question, "")], scene.caption()).removesuffix(" </s>")).input_ids)
+            answers.append(answer)
+    batch = _pad(prompts, tokenizer.pad_token_id)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    last = batch["attention_mask"].sum(1) - 1
+    predictions = tokenizer.batch_decode(logits[torch.arange(len(prompts)), last].argmax(-1)[:, None])
+    correct = sum(normalize_answer(p) == a for p, a in zip(predictions, answers))
+    return {"heldout_perplexity": round(math.exp(nll / count), 3), "grounded_answer_accuracy": round(correct / len(answers), 4)}
 
 
 def _build_lm(folder: Path, quick: bool, verbose: bool) -> dict[str, float]:
@@ -380,7 +403,7 @@ def _build_lm(folder: Path, quick: bool, verbose: bool) -> dict[str, float]:
     metrics = {"final_train_loss": round(loss.item(), 4), **_lm_quality(model, tokenizer, 200 if quick else 400)}
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    _save_tokenizer(tokenizer, folder)
     return metrics
 
 
@@ -401,15 +424,19 @@ class _AttributeHeads(nn.Module):
     """Linear heads that pretrain vision features; they are dropped after training.
 
     `scene_loss` reads colour, shape, count, position (single objects) and which cells of the 3x3 grid hold an
-    object from pooled or per-token features; `patch_loss` reads, from every patch feature, the shape and colour of
-    the object under it (or background).
+    object from pooled or per-token features. `patch_loss` reads, from every patch feature, the shape and colour of
+    the object under it (or background) and the grid cell the patch lies in, so that pooling (the Q-Former's
+    cross-attention) can still tell where objects are.
     """
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, grid: int = IMAGE_SIZE // PATCH_SIZE):
         super().__init__()
         self.scene = nn.Linear(hidden_size, sum(classes for _, classes in _ATTRIBUTES) + 9)
         self.patch_shape = nn.Linear(hidden_size, len(SHAPES) + 1)
         self.patch_colour = nn.Linear(hidden_size, len(COLOURS) + 1)
+        self.patch_cell = nn.Linear(hidden_size, 9)
+        rows = torch.arange(grid).repeat_interleave(grid) * 3 // grid
+        self.register_buffer("cells", rows * 3 + torch.arange(grid).repeat(grid) * 3 // grid, persistent=False)
 
     def scene_loss(self, features: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """`features`: `(batch, hidden)`, or `(batch, tokens, hidden)` where every token predicts the whole scene."""
@@ -427,7 +454,8 @@ class _AttributeHeads(nn.Module):
         """`features`: `(batch, patches, hidden)`, without the CLS token."""
         shape_loss = F.cross_entropy(self.patch_shape(features).flatten(0, 1), targets["patch_shape"].flatten())
         colour_loss = F.cross_entropy(self.patch_colour(features).flatten(0, 1), targets["patch_colour"].flatten())
-        return shape_loss + colour_loss
+        cell_loss = F.cross_entropy(self.patch_cell(features).flatten(0, 1), self.cells.repeat(features.shape[0]))
+        return shape_loss + colour_loss + cell_loss
 
 
 def _scene_targets(scenes: Sequence[Scene], grid: int) -> dict[str, torch.Tensor]:
@@ -530,13 +558,14 @@ def _linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Te
 
 
 @torch.no_grad()
-def _probe(features: Callable[[torch.Tensor], torch.Tensor], image_processor: Any, quick: bool) -> dict[str, float]:
+def _probe(
+    features: Callable[[torch.Tensor], torch.Tensor], image_processor: Any, num_train: int, num_test: int
+) -> dict[str, float]:
     """Linear probes from flattened features of `"train"` scenes to attributes of held-out `"test"` scenes.
 
     Like the demo's connector, the probe only sees the combinations of `"train"`, half of the `"test"` scenes show
     others: features that tie shape to colour score low here.
     """
-    num_train, num_test = _PROBE_IMAGES[quick]
     split_data = []
     for split, count in (("train", num_train), ("test", num_test)):
         scenes = make_scenes(count, split, seed=_SEED + 1)  # not the demo's own scenes (seed 0)
@@ -574,7 +603,7 @@ def _build_clip(folder: Path, quick: bool, verbose: bool) -> dict[str, float]:
         return heads.patch_loss(patches, targets) + heads.scene_loss(patches, targets) + heads.scene_loss(pooled, targets)
 
     final_loss = _pretrain_vision(model, losses, image_processor, config.hidden_size, quick, "tiny-clip-vision", verbose)
-    metrics = {"final_train_loss": final_loss, **_probe(lambda x: _clip_features(model, x)[0], image_processor, quick)}
+    metrics = {"final_train_loss": final_loss, **_probe(lambda x: _clip_features(model, x)[0], image_processor, *_PROBE_IMAGES[quick])}
     model.save_pretrained(folder)
     image_processor.save_pretrained(folder)
     return metrics
@@ -636,7 +665,7 @@ def _build_blip2(folder: Path, quick: bool, verbose: bool) -> dict[str, float]:
         return heads.patch_loss(patches, targets) + heads.scene_loss(queries, targets) + heads.scene_loss(queries.mean(1), targets)
 
     final_loss = _pretrain_vision(model, losses, image_processor, hidden_size, quick, "tiny-blip2", verbose)
-    metrics = {"final_train_loss": final_loss, **_probe(lambda x: _blip2_features(model, x)[1], image_processor, quick)}
+    metrics = {"final_train_loss": final_loss, **_probe(lambda x: _blip2_features(model, x)[1], image_processor, *_PROBE_IMAGES[quick])}
     model.save_pretrained(folder)
     image_processor.save_pretrained(folder)
     return metrics
@@ -647,7 +676,7 @@ def tiny_blip2(cache_dir: str | Path | None = None, quick: bool = False, verbose
     return _cached("tiny-blip2", cache_dir, quick, verbose, _build_blip2)
 
 
-def probe_vision_features(path: str | Path, quick: bool = True) -> dict[str, float]:
+def probe_vision_features(path: str | Path, num_train: int = 600, num_test: int = 300) -> dict[str, float]:
     """Attribute probe accuracies (held-out scenes) of a saved [`tiny_clip_vision`] or [`tiny_blip2`] folder.
 
     Features are those the connector sees: CLIP's layer -2 patch features (CLS dropped) or BLIP-2's query outputs.
@@ -661,7 +690,8 @@ def probe_vision_features(path: str | Path, quick: bool = True) -> dict[str, flo
         model, image_processor = CLIPVisionModel.from_pretrained(path), CLIPImageProcessor.from_pretrained(path)
         features = lambda pixel_values: _clip_features(model, pixel_values)[0]  # noqa: E731
     model.eval()
-    return _probe(features, image_processor, quick)
+    with _build_context(_SEED):
+        return _probe(features, image_processor, num_train, num_test)
 
 
 def build_all(cache_dir: str | Path | None = None, quick: bool = False, verbose: bool = True) -> dict[str, Path]:

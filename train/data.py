@@ -37,7 +37,15 @@ MAX_LOGGED_SAMPLES = 50
 
 
 class BadSampleError(ValueError):
-    """A training sample that cannot be used; the message names it by id and by where it comes from."""
+    """A training sample that cannot be used; the message names it by id and by where it comes from.
+
+    `kind` sorts the problems in the skip report: "invalid record", "no assistant turn", "placeholder mismatch",
+    "image outside a user turn", "missing image", "unreadable image", "no image", "too long".
+    """
+
+    def __init__(self, message: str, kind: str = "invalid record"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -141,12 +149,12 @@ def normalize_messages(messages: Any, num_images: int) -> list[dict[str, Any]]:
     the number of images.
     """
     if not isinstance(messages, list) or not messages:
-        raise _bad("invalid record", "`messages` is missing or empty")
+        raise BadSampleError("`messages` is missing or empty")
     normalized = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             role = message.get("role") if isinstance(message, dict) else type(message).__name__
-            raise _bad("invalid record", f"message {index} has role {role!r}; expected one of {ROLES}")
+            raise BadSampleError(f"message {index} has role {role!r}; expected one of {ROLES}")
         content = message.get("content")
         if isinstance(content, str):
             parts = split_placeholders(content)
@@ -159,38 +167,35 @@ def normalize_messages(messages: Any, num_images: int) -> list[dict[str, Any]]:
                 elif kind in ("image", "image_url"):
                     parts.append({"type": "image", "text": None})
                 else:
-                    raise _bad("invalid record", f"message {index} has a content part {part!r}")
+                    raise BadSampleError(f"message {index} has a content part {part!r}")
         else:
-            raise _bad("invalid record", f"message {index} has no text content")
+            raise BadSampleError(f"message {index} has no text content")
         if message["role"] != "user" and any(part["type"] == "image" for part in parts):
-            raise _bad("image outside a user turn", f"message {index} ({message['role']}) holds an image")
+            raise BadSampleError(f"message {index} ({message['role']}) holds an image", "image outside a user turn")
         normalized.append({"role": message["role"], "content": parts})
 
     placeholders = sum(part["type"] == "image" for message in normalized for part in message["content"])
     if placeholders == 0 and num_images:
         first_user = next((m for m in normalized if m["role"] == "user"), None)
         if first_user is None:
-            raise _bad("invalid record", "the sample has images but no user turn")
+            raise BadSampleError("the sample has images but no user turn")
         first_user["content"] = [{"type": "image", "text": None}] * num_images + first_user["content"]
     elif placeholders != num_images:
         more_or_fewer = "more" if placeholders > num_images else "fewer"
-        raise _bad(
-            "placeholder mismatch",
+        raise BadSampleError(
             f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) for {num_images} image(s) ({more_or_fewer} "
             "placeholders than images)",
+            "placeholder mismatch",
         )
     if not any(
-        message["role"] == "assistant" and any(part["type"] == "text" and part["text"].strip() for part in message["content"])
+        message["role"] == "assistant"
+        and any(part["type"] == "text" and part["text"].strip() for part in message["content"])
         for message in normalized
     ):
-        raise _bad("no assistant turn", "no assistant turn with text to learn from (every label would be masked)")
+        raise BadSampleError(
+            "no assistant turn with text to learn from (every label would be masked)", "no assistant turn"
+        )
     return normalized
-
-
-def _bad(kind: str, reason: str) -> BadSampleError:
-    error = BadSampleError(reason)
-    error.kind = kind
-    return error
 
 
 def _image_ref(value: Any, image_folder: Path | None) -> dict[str, Any]:
@@ -205,7 +210,7 @@ def _image_ref(value: Any, image_folder: Path | None) -> dict[str, Any]:
         buffer = io.BytesIO()
         value.save(buffer, format="PNG")
         return {"bytes": buffer.getvalue(), "path": None}
-    raise _bad("invalid record", f"an image is given as {type(value).__name__}, not a path or an image")
+    raise BadSampleError(f"an image is given as {type(value).__name__}, not a path or an image")
 
 
 def _resolve(path: str | os.PathLike, image_folder: Path | None) -> Path:
@@ -287,25 +292,29 @@ def llava_rows(path: str | os.PathLike, image_folder: str | os.PathLike | None =
         sample_id = record.get("id", index) if isinstance(record, dict) else index
         try:
             if isinstance(record, BadSampleError):
-                raise _bad("invalid record", str(record))
+                raise record
             if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
-                raise _bad("invalid record", "no `conversations` list")
+                raise BadSampleError("no `conversations` list")
             messages = []
             for turn in record["conversations"]:
-                if not isinstance(turn, dict) or turn.get("from") not in LLAVA_ROLES or not isinstance(turn.get("value"), str):
-                    raise _bad("invalid record", f"a turn is not {{'from': 'human' | 'gpt', 'value': str}}: {turn!r}")
+                if (
+                    not isinstance(turn, dict)
+                    or turn.get("from") not in LLAVA_ROLES
+                    or not isinstance(turn.get("value"), str)
+                ):
+                    raise BadSampleError(f"a turn is not {{'from': 'human' | 'gpt', 'value': str}}: {turn!r}")
                 messages.append({"role": LLAVA_ROLES[turn["from"]], "content": turn["value"]})
             image = record.get("image")
             paths = [] if image is None else image if isinstance(image, list) else [image]
             images = [_image_ref(p, folder) for p in paths]
             if images and not any(IMAGE_PLACEHOLDER in m["content"] for m in messages):
-                raise _bad(
-                    "placeholder mismatch",
+                raise BadSampleError(
                     f"0 {IMAGE_PLACEHOLDER} placeholder(s) for {len(images)} image(s) (fewer placeholders than images)",
+                    "placeholder mismatch",
                 )
             rows.append(_row(sample_id, source, normalize_messages(messages, len(images)), images))
         except BadSampleError as error:
-            rows.append(_row(sample_id, source, error=(getattr(error, "kind", "invalid record"), str(error))))
+            rows.append(_row(sample_id, source, error=(error.kind, str(error))))
     return rows
 
 
@@ -349,14 +358,14 @@ def messages_rows_from_file(path: str | os.PathLike, image_folder: str | os.Path
         sample_id = record.get("id", index) if isinstance(record, dict) else index
         try:
             if isinstance(record, BadSampleError):
-                raise _bad("invalid record", str(record))
+                raise record
             if not isinstance(record, dict):
-                raise _bad("invalid record", "a record is not a JSON object")
+                raise BadSampleError("a record is not a JSON object")
             images = record.get("images", [record["image"]] if record.get("image") is not None else [])
             images = [_image_ref(image, folder) for image in images or []]
             rows.append(_row(sample_id, source, normalize_messages(record.get("messages"), len(images)), images))
         except BadSampleError as error:
-            rows.append(_row(sample_id, source, error=(getattr(error, "kind", "invalid record"), str(error))))
+            rows.append(_row(sample_id, source, error=(error.kind, str(error))))
     return rows
 
 
@@ -372,7 +381,7 @@ def _normalize_messages_batch(batch: dict, indices: list[int], name: str, image_
             images = [_image_ref(image, image_folder) for image in (image_column[i] if image_column else []) or []]
             rows.append(_row(ids[i], source, normalize_messages(batch["messages"][i], len(images)), images))
         except BadSampleError as error:
-            rows.append(_row(ids[i], source, error=(getattr(error, "kind", "invalid record"), str(error))))
+            rows.append(_row(ids[i], source, error=(error.kind, str(error))))
     return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
 
@@ -479,7 +488,9 @@ def probe_image(ref: dict[str, Any]) -> str | None:
     return None
 
 
-def _check_batch(batch: dict, processor, chat_template: str | None, max_length: int | None, require_image: bool) -> dict:
+def _check_batch(
+    batch: dict, processor, chat_template: str | None, max_length: int | None, require_image: bool
+) -> dict:
     errors, kinds = list(batch["error"]), list(batch["error_kind"])
     to_measure = []
     for i, images in enumerate(batch["images"]):
@@ -498,7 +509,7 @@ def _check_batch(batch: dict, processor, chat_template: str | None, max_length: 
         )
         token_ids = processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
         image_token_id = processor.image_token_id
-        for i, ids in zip(to_measure, token_ids):
+        for i, ids in zip(to_measure, token_ids, strict=True):
             num_images = len(batch["images"][i])
             rendered = sum(1 for token in ids if token == image_token_id)
             length = len(ids) + rendered * (processor.num_image_tokens - 1)
@@ -581,7 +592,7 @@ def decode_images(batch: dict) -> dict:
 
 
 def load_sft_dataset(
-    dataset_name: str | Any,
+    dataset_name: str | os.PathLike | Any,
     processor,
     dataset_format: str | None = None,
     image_folder: str | None = None,
@@ -600,8 +611,8 @@ def load_sft_dataset(
     lengths (texts only). Images are decoded when a batch is built; one that fails then is reported by
     [`DataCollatorWithSampleChecks`].
     """
-    if isinstance(dataset_name, str):
-        rows = read_dataset(dataset_name, dataset_format, image_folder, dataset_config, split, num_proc)
+    if isinstance(dataset_name, (str, os.PathLike)):
+        rows = read_dataset(str(dataset_name), dataset_format, image_folder, dataset_config, split, num_proc)
     else:
         rows = messages_dataset(dataset_name, "train_dataset", image_folder, num_proc)
     rows = check_samples(rows, processor, chat_template, max_length, require_image, num_proc)
@@ -640,7 +651,7 @@ class DataCollatorWithSampleChecks:
             self._previous = good
             return self.collator(good)
         if self._previous is None:
-            raise BadSampleError(f"Every sample of the first batch failed to decode: {self.skipped[-len(examples):]}")
+            raise BadSampleError(f"Every sample of the first batch failed to decode: {self.skipped[-len(examples) :]}")
         batch = self.collator(self._previous)
         batch["labels"].fill_(-100)
         return batch

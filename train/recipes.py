@@ -6,6 +6,7 @@ import logging
 import re
 import types
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from torch import nn
@@ -200,18 +201,11 @@ def quantization_config(model_args, model_type: str):
 
 
 def recipes_folder() -> Path:
-    """The folder of the YAML recipes shipped in `minillava.hub_configs`.
-
-    Read from the package's `__path__`: `importlib.resources.files` fails on this namespace package in editable
-    installs before Python 3.12 (`MultiplexedPath only supports directories`).
-    """
-    import minillava.hub_configs
-
-    for entry in minillava.hub_configs.__path__:
-        folder = Path(entry) / RECIPES_FOLDER
-        if folder.is_dir():
-            return folder
-    raise FileNotFoundError("The recipes folder of minillava.hub_configs is not installed.")
+    """The folder of the YAML recipes shipped in `minillava.hub_configs`."""
+    folder = Path(str(resources.files("minillava.hub_configs") / RECIPES_FOLDER))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"The recipes of minillava.hub_configs are not installed (looked in {folder}).")
+    return folder
 
 
 def recipe_names() -> list[str]:

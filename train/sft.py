@@ -103,7 +103,9 @@ class SFTScriptArguments(ScriptArguments):
 
 def make_parser() -> TrlParser:
     """TRL's parser over the script arguments, `SFTConfig` and `ModelConfig` (PEFT and quantization flags)."""
-    return TrlParser((SFTScriptArguments, SFTConfig, ModelConfig), prog="minillava sft", description=__doc__)
+    return TrlParser(
+        (SFTScriptArguments, SFTConfig, ModelConfig), prog="minillava sft", description=__doc__.splitlines()[0]
+    )
 
 
 def training_chat_template(name: str | None, stage: str, image_token: str = "<image>") -> str | None:
@@ -180,7 +182,9 @@ def train(
         tune_vision_tower=script_args.tune_vision_tower,
     )
     if model_args.model_name_or_path is None:
-        raise ValueError("--model_name_or_path is required: a folder from `minillava build`, a stage-1 output or a Hub id.")
+        raise ValueError(
+            "--model_name_or_path is required: a folder from `minillava build`, a stage-1 output or a Hub id."
+        )
     if train_dataset is None and script_args.dataset_name is None:
         raise ValueError("--dataset_name is required.")
     if script_args.dataset_streaming:
@@ -195,21 +199,24 @@ def train(
     processor = MiniLlavaProcessor.from_pretrained(name, revision=model_args.model_revision)
     chat_template = training_chat_template(script_args.chat_template_name, stage, processor.image_token)
 
-    source = script_args.dataset_name if train_dataset is None else train_dataset
-    with training_args.main_process_first(desc="reading and checking the dataset"):
-        dataset, report = load_sft_dataset(
+    def read(source, split: str, dataset_format: str | None):
+        return load_sft_dataset(
             source,
             processor,
-            dataset_format=script_args.dataset_format,
+            dataset_format=dataset_format,
             image_folder=script_args.image_folder,
             dataset_config=script_args.dataset_config,
-            split=script_args.dataset_train_split,
+            split=split,
             chat_template=chat_template,
             max_length=training_args.max_length,
             require_image=stage == "align",
             strict=script_args.strict,
             num_proc=training_args.dataset_num_proc,
         )
+
+    with training_args.main_process_first(desc="reading and checking the dataset"):
+        source = script_args.dataset_name if train_dataset is None else train_dataset
+        dataset, report = read(source, script_args.dataset_train_split, script_args.dataset_format)
         eval_dataset = None
         if training_args.eval_strategy != "no":
             if train_dataset is not None or infer_format(script_args.dataset_name) != "messages":
@@ -217,19 +224,7 @@ def train(
                     "Evaluation during training needs a messages dataset (a save_to_disk folder or a Hub dataset) with "
                     f"a {script_args.dataset_test_split!r} split (--dataset_test_split)."
                 )
-            eval_dataset, _ = load_sft_dataset(
-                script_args.dataset_name,
-                processor,
-                dataset_format="messages",
-                image_folder=script_args.image_folder,
-                dataset_config=script_args.dataset_config,
-                split=script_args.dataset_test_split,
-                chat_template=chat_template,
-                max_length=training_args.max_length,
-                require_image=stage == "align",
-                strict=script_args.strict,
-                num_proc=training_args.dataset_num_proc,
-            )
+            eval_dataset, _ = read(script_args.dataset_name, script_args.dataset_test_split, "messages")
     if report:
         logger.warning(report.summary())
         if training_args.should_save:
@@ -256,7 +251,9 @@ def train(
     if model_args.use_peft:
         peft_config = lora_config(model, model_args, tune_vision_tower=script_args.tune_vision_tower)
         modules = arch_modules(model)
-        keep_frozen_in_eval_mode(model, modules.frozen + (() if script_args.tune_vision_tower else modules.vision_tower))
+        keep_frozen_in_eval_mode(
+            model, modules.frozen + (() if script_args.tune_vision_tower else modules.vision_tower)
+        )
     else:
         set_trainable(model, stage, tune_vision_tower=script_args.tune_vision_tower)
 
@@ -295,10 +292,11 @@ def train(
         trainer.run_info["dataset_format"] = infer_format(script_args.dataset_name)
 
     result = trainer.train(resume_from_checkpoint=_resume_value(training_args.resume_from_checkpoint))
-    trainer.save_model(training_args.output_dir)
-    trainer.create_model_card()
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)  # saves to output_dir, writes the card, pushes
+    else:
+        trainer.save_model(training_args.output_dir)
+        trainer.create_model_card()
     return trainer, result.metrics
 
 

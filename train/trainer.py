@@ -35,15 +35,13 @@ class MiniLlavaSFTTrainer(SFTTrainer):
             Learning rate of the connector's parameters; the others use `args.learning_rate`.
         run_info (`dict`, *optional*):
             What the model card reports about the run: `stage`, `model_name_or_path`, `dataset_name`,
-            `dataset_format`, `num_samples`, `num_skipped`, `peft`, `quantization`.
+            `dataset_format`, `num_samples`, `num_skipped`, `quantization`, `tune_vision_tower`.
         *args, **kwargs: as for [`~trl.SFTTrainer`].
     """
 
     def __init__(self, *args, connector_lr: float | None = None, run_info: dict[str, Any] | None = None, **kwargs):
         self.connector_lr = connector_lr
         self.run_info = dict(run_info or {})
-        # The processor's code file goes with every save, so that AutoProcessor loads it with trust_remote_code.
-        MiniLlavaProcessor.register_for_auto_class("AutoProcessor")
         super().__init__(*args, **kwargs)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -70,6 +68,17 @@ class MiniLlavaSFTTrainer(SFTTrainer):
         for group in groups:
             optimizer.add_param_group({**group, "lr": self.connector_lr})
         return optimizer
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # On resume the Trainer loads an adapter with PEFT's `load_adapter`, which upcasts it to fp32, while TRL
+        # trains the adapter of a quantized model in bf16: keep the dtypes the run started with, so that a resumed
+        # QLoRA run continues exactly as the uninterrupted one.
+        target = self.model if model is None else model
+        dtypes = {name: param.dtype for name, param in target.named_parameters() if param.requires_grad}
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        for name, param in target.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
@@ -216,7 +225,9 @@ def model_card(
         f"- vision tower: {_component(config.vision_config)}",
     ]
     if hasattr(config, "qformer_config"):
-        lines.append(f"- connector: BLIP-2 Q-Former with {config.num_query_tokens} queries (frozen) + linear projection")
+        lines.append(
+            f"- connector: BLIP-2 Q-Former with {config.num_query_tokens} queries (frozen) + linear projection"
+        )
     else:
         lines.append(f"- connector: `{config.projector_type}` projector, vision layer {config.vision_feature_layer}")
     lines += [
