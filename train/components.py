@@ -12,6 +12,10 @@ The demo needs real features to align in stage 1, so every part is pretrained on
   the Q-Former outputs, saved as a `Blip2ForConditionalGeneration` checkpoint with a one-layer random OPT so the key
   layout is that of a real `Salesforce/blip2-*` checkpoint, plus a `BlipImageProcessor`.
 
+Builds print their quality checks (LM: held-out perplexity and whether image-less answers are of the right kind;
+towers: linear probes from the pooled connector features of `"train"` scenes to the attributes of `"test"` scenes,
+next to the same probes on the tower before pretraining) and keep them in `minillava_build.json`.
+
 Each function returns the folder of its component and builds it only when it is missing. Folders live in
 `<cache_dir>/<name>-<version>` (`-quick` appended for the reduced `quick=True` build); `cache_dir` defaults to
 `$MINILLAVA_COMPONENTS_CACHE` or `~/.cache/minillava/components`. A folder is complete once its `minillava_build.json`
@@ -25,6 +29,7 @@ python -m minillava.train.components --quick      # or: --cache-dir /tmp/compone
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -34,17 +39,20 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import (
+    AutoConfig,
     Blip2Config,
     Blip2ForConditionalGeneration,
     Blip2QFormerConfig,
@@ -59,12 +67,12 @@ from transformers import (
 
 from minillava.train.demo_world import (
     ANSWERS,
-    CAPTION_PROMPTS,
     COLOURS,
     COUNTS,
     POSITIONS,
     SHAPES,
     Scene,
+    answer_kind,
     make_scenes,
     normalize_answer,
     world_sentences,
@@ -80,6 +88,7 @@ except ImportError:  # transformers 4.x
 
 __all__ = [
     "BUILD_INFO_NAME",
+    "CACHE_ENV",
     "COMPONENTS_VERSION",
     "IMAGE_SIZE",
     "MINIGPT4_SYSTEM_PROMPT",
@@ -142,7 +151,7 @@ class _Schedule:
 _SCHEDULES = {
     ("lm", False): _Schedule(steps=180, batch_size=16, num_images=6000, lr=5e-3),
     ("lm", True): _Schedule(steps=100, batch_size=16, num_images=3000, lr=5e-3),
-    ("vision", False): _Schedule(steps=350, batch_size=64, num_images=6000, lr=3e-3),
+    ("vision", False): _Schedule(steps=300, batch_size=64, num_images=6000, lr=3e-3),
     ("vision", True): _Schedule(steps=150, batch_size=64, num_images=3000, lr=4e-3),
 }
 _PROBE_IMAGES = {False: (1500, 600), True: (600, 300)}  # (train, test) scenes for the attribute probe
@@ -217,29 +226,27 @@ def _cached(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _vicuna(turns: Sequence[tuple[str, str]], image_text: str | None) -> str:
-    """vicuna_v1 (LLaVA-1.5), `{system} USER: <image>\n{q} ASSISTANT: {a}</s>USER: ...`, with `image_text` where
-    the image goes (no image turn when `None`)."""
+def _vicuna(turns: Sequence[tuple[str, str]]) -> str:
+    """vicuna_v1 (LLaVA-1.5), `{system} USER: <image>\n{q} ASSISTANT: {a}</s>USER: ...`, with the image cut out."""
     text = VICUNA_SYSTEM_PROMPT + " "
     for turn, (question, answer) in enumerate(turns):
-        image = f"{image_text}\n" if image_text is not None and turn == 0 else ""
-        text += f"USER: {image}{question} ASSISTANT: {answer}</s>"
+        newline = "" if turn else "\n"  # what is left of "<image>\n"
+        text += f"USER: {newline}{question} ASSISTANT: {answer}</s>"
     return text
 
 
-def _minigpt4(question: str, answer: str, image_text: str, system: bool) -> str:
-    """MiniGPT-4 (Vicuna v0), `###Human: <Img>{image}</Img> {q}###Assistant: {a}###`, with `image_text` as image."""
+def _minigpt4(question: str, answer: str, system: bool) -> str:
+    """MiniGPT-4 (Vicuna v0), `###Human: <Img>{image}</Img> {q}###Assistant: {a}###`, with the image cut out."""
     head = MINIGPT4_SYSTEM_PROMPT + "###" if system else "###"
-    return f"{head}Human: <Img>{image_text}</Img> {question}###Assistant: {answer}###"
+    return f"{head}Human: <Img></Img> {question}###Assistant: {answer}###"
 
 
 def lm_corpus(num_texts: int, split: str = "pretrain", seed: int = 0) -> list[str]:
     """Text-only documents about `num_texts` scenes: captions, and conversations in both chat templates.
 
     Each scene gives one document, cycling through: a caption (LLaVA's `plain` stage-1 text), a vicuna_v1
-    captioning turn, a vicuna_v1 question, a vicuna_v1 multi-turn VQA conversation and a MiniGPT-4 turn. In the
-    conversations the scene's caption stands where the image will go, so the LM learns to answer from what that
-    slot says; aligning image features to that slot is then all stage 1 has to do (MiniGPT-4 keeps the LM frozen).
+    captioning turn, a vicuna_v1 question, a vicuna_v1 multi-turn VQA conversation and a MiniGPT-4 turn. Without
+    the image the answers are guesses of the right kind; stage 2 teaches the LM to read them from the image.
     """
     texts = []
     for index, scene in enumerate(make_scenes(num_texts, split, seed)):
@@ -249,14 +256,14 @@ def lm_corpus(num_texts: int, split: str = "pretrain", seed: int = 0) -> list[st
         if kind == 0:
             texts.append(caption + "\n")
         elif kind == 1:
-            texts.append(_vicuna([(scene.caption_instruction(), caption)], image_text=caption))
+            texts.append(_vicuna([(scene.caption_instruction(), caption)]))
         elif kind == 2:
-            texts.append(_vicuna([rng.choice(pairs)], image_text=caption))
+            texts.append(_vicuna([rng.choice(pairs)]))
         elif kind == 3:
-            texts.append(_vicuna(rng.sample(pairs, len(pairs)), image_text=caption))
+            texts.append(_vicuna(rng.sample(pairs, len(pairs))))
         else:
             question, answer = rng.choice([*pairs, (scene.caption_instruction(), caption)])
-            texts.append(_minigpt4(question, answer, caption, system=rng.random() < 0.5))
+            texts.append(_minigpt4(question, answer, system=rng.random() < 0.5))
     return texts
 
 
@@ -328,7 +335,11 @@ def _documents(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> list
 
 
 def _lm_batches(
-    tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], batch_size: int, block_size: int, generator: torch.Generator
+    tokenizer: PreTrainedTokenizerFast,
+    texts: Sequence[str],
+    batch_size: int,
+    block_size: int,
+    generator: torch.Generator,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless shuffled batches of `block_size` tokens packed from documents (no padding)."""
     stream = [token for ids in _documents(tokenizer, texts) for token in ids]
@@ -350,16 +361,34 @@ def _pad(rows: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": mask, "labels": input_ids.masked_fill(mask == 0, -100)}
 
 
-def _warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = max(1, steps // 20)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / steps, 1)))
+def _train(
+    parameters: list[nn.Parameter],
+    next_loss: Callable[[], torch.Tensor],
+    schedule: _Schedule,
+    desc: str,
+    verbose: bool,
+) -> float:
+    """AdamW with linear warm-up and cosine decay over `schedule.steps` steps of `next_loss()`; returns the last loss."""
+    optimizer = torch.optim.AdamW(parameters, lr=schedule.lr, weight_decay=0.01)
+    warmup = max(1, schedule.steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / schedule.steps))
     )
+    progress = tqdm(range(schedule.steps), desc=desc, disable=not verbose, leave=False)
+    for _ in progress:
+        loss = next_loss()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    return round(loss.item(), 4)
 
 
 @torch.no_grad()
 def _lm_quality(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, num_texts: int) -> dict[str, float]:
-    """Held-out perplexity, and how often the LM answers a question from the description in the image slot."""
+    """Held-out perplexity, and how often the greedy answer to an image-less question is of the right kind."""
     model.eval()
     nll, count = 0.0, 0
     documents = _documents(tokenizer, lm_corpus(num_texts, split="test", seed=_SEED + 1))
@@ -368,18 +397,20 @@ def _lm_quality(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, num
         tokens = int((batch["labels"][:, 1:] != -100).sum())
         nll, count = nll + float(model(**batch).loss) * tokens, count + tokens
     # Every answer is one token after a space, so the next-token argmax is the greedy answer.
-    scenes = make_scenes(num_texts // 4, "test", _SEED + 1)
-    prompts, answers = [], []
-    for scene in scenes:
-        for question, answer in scene.questions():
-            prompts.append(tokenizer(_vicuna([(question, "")], scene.caption()).removesuffix(" </s>")).input_ids)
-            answers.append(answer)
+    questions = [pair for scene in make_scenes(num_texts // 4, "test", _SEED + 1) for pair in scene.questions()]
+    prompts = [tokenizer(_vicuna([(question, "")]).removesuffix(" </s>")).input_ids for question, _ in questions]
     batch = _pad(prompts, tokenizer.pad_token_id)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     last = batch["attention_mask"].sum(1) - 1
     predictions = tokenizer.batch_decode(logits[torch.arange(len(prompts)), last].argmax(-1)[:, None])
-    correct = sum(normalize_answer(p) == a for p, a in zip(predictions, answers))
-    return {"heldout_perplexity": round(math.exp(nll / count), 3), "grounded_answer_accuracy": round(correct / len(answers), 4)}
+    right_kind = sum(
+        answer_kind(normalize_answer(prediction)) == answer_kind(answer)
+        for prediction, (_, answer) in zip(predictions, questions, strict=True)
+    )
+    return {
+        "heldout_perplexity": round(math.exp(nll / count), 3),
+        "answer_kind_accuracy": round(right_kind / len(questions), 4),
+    }
 
 
 def _build_lm(folder: Path, quick: bool, verbose: bool) -> dict[str, float]:
@@ -388,20 +419,9 @@ def _build_lm(folder: Path, quick: bool, verbose: bool) -> dict[str, float]:
     model = LlamaForCausalLM(_lm_config(len(tokenizer)))
     generator = torch.Generator().manual_seed(_SEED)
     batches = _lm_batches(tokenizer, lm_corpus(schedule.num_images), schedule.batch_size, 128, generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=0.01)
-    scheduler = _warmup_cosine(optimizer, schedule.steps)
     model.train()
-    progress = tqdm(range(schedule.steps), desc="tiny-llama", disable=not verbose, leave=False)
-    for _ in progress:
-        loss = model(**next(batches)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    metrics = {"final_train_loss": round(loss.item(), 4), **_lm_quality(model, tokenizer, 200 if quick else 400)}
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    final_loss = _train(list(model.parameters()), lambda: model(**next(batches)).loss, schedule, "tiny-llama", verbose)
+    metrics = {"final_train_loss": final_loss, **_lm_quality(model, tokenizer, 200 if quick else 400)}
     model.save_pretrained(folder)
     _save_tokenizer(tokenizer, folder)
     return metrics
@@ -479,7 +499,10 @@ def _scene_targets(scenes: Sequence[Scene], grid: int) -> dict[str, torch.Tensor
             label[coverage < 0.02] = len(values)
             label[coverage >= 0.2] = values.index(getattr(scene, name.removeprefix("patch_")))
             targets[name].append(label)
-    return {name: torch.stack(values) if name.startswith("patch") else torch.tensor(values) for name, values in targets.items()}
+    return {
+        name: torch.stack(values) if name.startswith("patch") else torch.tensor(values)
+        for name, values in targets.items()
+    }
 
 
 def _clip_features(model: CLIPVisionModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -488,52 +511,68 @@ def _clip_features(model: CLIPVisionModel, pixel_values: torch.Tensor) -> tuple[
     return outputs.hidden_states[-2][:, 1:], outputs.pooler_output
 
 
-def _blip2_features(model: Blip2ForConditionalGeneration, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The vision model's patch outputs and the Q-Former's query outputs (what MiniGPT-4's projection sees)."""
+def _blip2_features(
+    model: Blip2ForConditionalGeneration, pixel_values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What MiniGPT-4's projection sees (the Q-Former's query outputs) and the vision model's patch outputs."""
     image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
     query_tokens = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
     mask = torch.ones(image_embeds.shape[:2], dtype=torch.long)
     queries = model.qformer(query_embeds=query_tokens, encoder_hidden_states=image_embeds, encoder_attention_mask=mask)
-    return image_embeds[:, 1:], queries.last_hidden_state
+    return queries.last_hidden_state, image_embeds[:, 1:]
+
+
+def _connector_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The features a demo connector is trained on: CLIP's layer -2 patches or BLIP-2's query outputs."""
+    if isinstance(model, Blip2ForConditionalGeneration):
+        return _blip2_features(model, pixel_values)[0]
+    return _clip_features(model, pixel_values)[0]
+
+
+def _vision_loss(
+    model: nn.Module, heads: _AttributeHeads, pixel_values: torch.Tensor, targets: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """CLIP: patch labels and the whole scene from every layer -2 patch, the scene from the pooled output.
+    BLIP-2: patch labels from the vision model, the whole scene from every query output and from their mean."""
+    if isinstance(model, Blip2ForConditionalGeneration):
+        queries, patches = _blip2_features(model, pixel_values)
+        scene_loss = heads.scene_loss(queries, targets) + heads.scene_loss(queries.mean(1), targets)
+    else:
+        patches, pooled = _clip_features(model, pixel_values)
+        scene_loss = heads.scene_loss(patches, targets) + heads.scene_loss(pooled, targets)
+    return heads.patch_loss(patches, targets) + scene_loss
 
 
 def _pixel_values(image_processor: Any, scenes: Sequence[Scene]) -> torch.Tensor:
     images = [scene.render(IMAGE_SIZE) for scene in scenes]
-    return torch.cat([image_processor(images[i : i + 512], return_tensors="pt").pixel_values for i in range(0, len(images), 512)])
+    return torch.cat(
+        [image_processor(images[i : i + 512], return_tensors="pt").pixel_values for i in range(0, len(images), 512)]
+    )
 
 
 def _pretrain_vision(
-    model: nn.Module,
-    losses: Callable[[nn.Module, _AttributeHeads, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor],
-    image_processor: Any,
-    hidden_size: int,
-    quick: bool,
-    desc: str,
-    verbose: bool,
-) -> float:
-    """Train `model` with attribute heads on `"pretrain"` scenes; returns the last loss."""
+    model: nn.Module, image_processor: Any, quick: bool, desc: str, verbose: bool
+) -> dict[str, float]:
+    """Train `model` with attribute heads on `"pretrain"` scenes; returns the quality checks: attribute probes of
+    the pretrained features and, as a baseline, of the same tower before pretraining (`random_init_probe_*`)."""
+    initial = copy.deepcopy(model).eval()
     schedule = _SCHEDULES["vision", quick]
     scenes = make_scenes(schedule.num_images, "pretrain", seed=_SEED)
     pixel_values = _pixel_values(image_processor, scenes)
     targets = _scene_targets(scenes, IMAGE_SIZE // PATCH_SIZE)
-    heads = _AttributeHeads(hidden_size)
-    parameters = [*model.parameters(), *heads.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=schedule.lr, weight_decay=0.01)
-    scheduler = _warmup_cosine(optimizer, schedule.steps)
+    heads = _AttributeHeads(getattr(model.config, "qformer_config", model.config).hidden_size)  # BLIP-2: 64 both
     generator = torch.Generator().manual_seed(_SEED)
-    model.train()
-    progress = tqdm(range(schedule.steps), desc=desc, disable=not verbose, leave=False)
-    for _ in progress:
+
+    def next_loss() -> torch.Tensor:
         index = torch.randint(len(scenes), (schedule.batch_size,), generator=generator)
-        loss = losses(model, heads, pixel_values[index], {key: value[index] for key, value in targets.items()})
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        return _vision_loss(model, heads, pixel_values[index], {name: value[index] for name, value in targets.items()})
+
+    model.train()
+    final_loss = _train([*model.parameters(), *heads.parameters()], next_loss, schedule, desc, verbose)
     model.eval()
-    return round(loss.item(), 4)
+    metrics = {"final_train_loss": final_loss, **_probe(model, image_processor, *_PROBE_IMAGES[quick])}
+    baseline = _probe(initial, image_processor, *_PROBE_IMAGES[quick])
+    return metrics | {f"random_init_{name}": value for name, value in baseline.items()}
 
 
 def _linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
@@ -558,27 +597,32 @@ def _linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Te
 
 
 @torch.no_grad()
-def _probe(
-    features: Callable[[torch.Tensor], torch.Tensor], image_processor: Any, num_train: int, num_test: int
-) -> dict[str, float]:
-    """Linear probes from flattened features of `"train"` scenes to attributes of held-out `"test"` scenes.
+def _probe(model: nn.Module, image_processor: Any, num_train: int, num_test: int) -> dict[str, float]:
+    """Linear probes from mean-pooled connector features of `"train"` scenes to attributes of `"test"` scenes.
 
-    Like the demo's connector, the probe only sees the combinations of `"train"`, half of the `"test"` scenes show
-    others: features that tie shape to colour score low here.
+    Pooling asks each token to carry the scene (as the LM's attention will need), and the position probe fails
+    without pretraining. Like the demo's connector, the probe only sees the combinations of `"train"` while half of
+    the `"test"` scenes show others: features that tie shape to colour score low here.
     """
     split_data = []
     for split, count in (("train", num_train), ("test", num_test)):
         scenes = make_scenes(count, split, seed=_SEED + 1)  # not the demo's own scenes (seed 0)
         pixel_values = _pixel_values(image_processor, scenes)
-        flat = torch.cat([features(pixel_values[i : i + 256]).flatten(1) for i in range(0, len(scenes), 256)])
-        split_data.append((flat, _scene_targets(scenes, IMAGE_SIZE // PATCH_SIZE)))
+        batches = pixel_values.split(256)
+        pooled = torch.cat([_connector_features(model, batch).mean(1) for batch in batches])
+        split_data.append((pooled, _scene_targets(scenes, IMAGE_SIZE // PATCH_SIZE)))
     (train_x, train_t), (test_x, test_t) = split_data
     with torch.enable_grad():
-        return {f"probe_{name}": round(_linear_probe(train_x, train_t[name], test_x, test_t[name]), 4) for name, _ in _ATTRIBUTES}
+        return {
+            f"probe_{name}": round(_linear_probe(train_x, train_t[name], test_x, test_t[name]), 4)
+            for name, _ in _ATTRIBUTES
+        }
 
 
 def _clip_image_processor() -> CLIPImageProcessor:
-    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
 
 
 def _blip_image_processor() -> BlipImageProcessor:
@@ -597,16 +641,22 @@ def _build_clip(folder: Path, quick: bool, verbose: bool) -> dict[str, float]:
     )
     model = CLIPVisionModel(config)
     image_processor = _clip_image_processor()
-
-    def losses(model: CLIPVisionModel, heads: _AttributeHeads, pixel_values: torch.Tensor, targets: dict) -> torch.Tensor:
-        patches, pooled = _clip_features(model, pixel_values)
-        return heads.patch_loss(patches, targets) + heads.scene_loss(patches, targets) + heads.scene_loss(pooled, targets)
-
-    final_loss = _pretrain_vision(model, losses, image_processor, config.hidden_size, quick, "tiny-clip-vision", verbose)
-    metrics = {"final_train_loss": final_loss, **_probe(lambda x: _clip_features(model, x)[0], image_processor, *_PROBE_IMAGES[quick])}
+    metrics = _pretrain_vision(model, image_processor, quick, "tiny-clip-vision", verbose)
     model.save_pretrained(folder)
+    _prefix_weights(folder / "model.safetensors", "vision_model.")
     image_processor.save_pretrained(folder)
     return metrics
+
+
+def _prefix_weights(path: Path, prefix: str) -> None:
+    """Give every tensor name `prefix`: transformers 5 saves `CLIPVisionModel` without the `vision_model.` level,
+    which transformers 4 (and the layout of OpenAI's CLIP checkpoints) has; both versions load the prefixed names."""
+    with safe_open(path, "pt") as weights:
+        metadata = weights.metadata()
+        tensors = {
+            name if name.startswith(prefix) else prefix + name: weights.get_tensor(name) for name in weights.keys()
+        }
+    save_file(tensors, path, metadata=metadata)
 
 
 def tiny_clip_vision(cache_dir: str | Path | None = None, quick: bool = False, verbose: bool = True) -> Path:
@@ -658,14 +708,7 @@ def _build_blip2(folder: Path, quick: bool, verbose: bool) -> dict[str, float]:
     model = Blip2ForConditionalGeneration(_blip2_config())
     nn.init.normal_(model.query_tokens, std=0.02)  # BLIP-2's initialisation; transformers leaves them at zero
     image_processor = _blip_image_processor()
-    hidden_size = model.config.qformer_config.hidden_size
-
-    def losses(model: nn.Module, heads: _AttributeHeads, pixel_values: torch.Tensor, targets: dict) -> torch.Tensor:
-        patches, queries = _blip2_features(model, pixel_values)
-        return heads.patch_loss(patches, targets) + heads.scene_loss(queries, targets) + heads.scene_loss(queries.mean(1), targets)
-
-    final_loss = _pretrain_vision(model, losses, image_processor, hidden_size, quick, "tiny-blip2", verbose)
-    metrics = {"final_train_loss": final_loss, **_probe(lambda x: _blip2_features(model, x)[1], image_processor, *_PROBE_IMAGES[quick])}
+    metrics = _pretrain_vision(model, image_processor, quick, "tiny-blip2", verbose)
     model.save_pretrained(folder)
     image_processor.save_pretrained(folder)
     return metrics
@@ -682,16 +725,13 @@ def probe_vision_features(path: str | Path, num_train: int = 600, num_test: int 
     Features are those the connector sees: CLIP's layer -2 patch features (CLS dropped) or BLIP-2's query outputs.
     Chance is 1/6 for colour, 1/5 for shape and position, 1/3 for count.
     """
-    config = transformers.AutoConfig.from_pretrained(path)
-    if config.model_type == "blip-2":
-        model, image_processor = Blip2ForConditionalGeneration.from_pretrained(path), BlipImageProcessor.from_pretrained(path)
-        features = lambda pixel_values: _blip2_features(model, pixel_values)[1]  # noqa: E731
+    if AutoConfig.from_pretrained(path).model_type == "blip-2":
+        model_class, processor_class = Blip2ForConditionalGeneration, BlipImageProcessor
     else:
-        model, image_processor = CLIPVisionModel.from_pretrained(path), CLIPImageProcessor.from_pretrained(path)
-        features = lambda pixel_values: _clip_features(model, pixel_values)[0]  # noqa: E731
-    model.eval()
+        model_class, processor_class = CLIPVisionModel, CLIPImageProcessor
+    model, image_processor = model_class.from_pretrained(path).eval(), processor_class.from_pretrained(path)
     with _build_context(_SEED):
-        return _probe(features, image_processor, num_train, num_test)
+        return _probe(model, image_processor, num_train, num_test)
 
 
 def build_all(cache_dir: str | Path | None = None, quick: bool = False, verbose: bool = True) -> dict[str, Path]:

@@ -8,9 +8,10 @@ Everything is deterministic from `(split, seed, index)`:
 - [`evaluation_set`] gives `(image, question, answer)` triples and [`vqa_accuracy`] scores predictions;
 - [`write_llava_json`] writes any of these as LLaVA conversation JSON plus an image folder.
 
-The `"test"` split uses other seeds than `"train"` and draws half of its scenes from [`HELD_OUT_PAIRS`], shape and
-colour combinations that the `"train"` split never shows. The vocabulary is closed: [`vocabulary`] lists every word
-and [`world_sentences`] every sentence the world can produce.
+Splits: `"train"` never shows the shape and colour combinations of [`HELD_OUT_PAIRS`]; `"test"` uses other seeds and
+draws half of its scenes from them; `"pretrain"` (other seeds again, every combination) is what
+[`minillava.train.components`] pretrains its vision towers and language model on, as web-scale data would. The
+vocabulary is closed: [`vocabulary`] lists every word and [`world_sentences`] every sentence the world can produce.
 
 ```python
 >>> from minillava.train.demo_world import ANSWERS, vqa_samples
@@ -65,7 +66,13 @@ __all__ = [
 RESPONSE_FORMAT_PROMPT = "Answer the question using a single word or phrase."
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
-_PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds", "cross": "crosses"}
+_PLURALS = {
+    "circle": "circles",
+    "square": "squares",
+    "triangle": "triangles",
+    "diamond": "diamonds",
+    "cross": "crosses",
+}
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
     "green": (40, 165, 60),
@@ -150,6 +157,7 @@ class Scene:
 
     @property
     def count(self) -> int:
+        """How many objects the scene holds (1 to 3)."""
         return len(self.objects)
 
     @property
@@ -188,6 +196,7 @@ class Scene:
         return _CAPTION_TEMPLATES[self.caption_template].format(scene=scene, verb=verb)
 
     def caption_instruction(self) -> str:
+        """The stage-1 instruction this scene's caption answers, one of [`CAPTION_PROMPTS`]."""
         return CAPTION_PROMPTS[self.caption_prompt]
 
     def questions(self) -> list[tuple[str, str]]:
@@ -196,7 +205,7 @@ class Scene:
         if self.position is not None:
             answers["position"] = self.position
         pairs = []
-        for (kind, answer), form in zip(answers.items(), self.question_forms):
+        for (kind, answer), form in zip(answers.items(), self.question_forms[: len(answers)], strict=True):
             singular, plural = _QUESTIONS[kind]
             question = (singular if self.count == 1 else plural)[form]
             pairs.append((f"{question}\n{RESPONSE_FORMAT_PROMPT}", answer))
@@ -327,9 +336,9 @@ def evaluation_set(num_images: int, split: str = "test", seed: int = 0, image_si
     return examples
 
 
-def answer_kind(answer: str) -> str:
-    """`"colour"`, `"shape"`, `"count"` or `"position"` for a reference answer."""
-    return _ANSWER_KIND[answer]
+def answer_kind(answer: str) -> str | None:
+    """`"colour"`, `"shape"`, `"count"` or `"position"` for a word of [`ANSWERS`], else `None`."""
+    return _ANSWER_KIND.get(answer)
 
 
 _NUMBERS = {"1": "one", "2": "two", "3": "three", "centre": "center", "middle": "center"}
@@ -348,7 +357,7 @@ def vqa_accuracy(predictions: Sequence[str], references: Sequence[str]) -> dict[
     if len(predictions) != len(references):
         raise ValueError(f"Got {len(predictions)} predictions for {len(references)} references.")
     hits: dict[str, list[bool]] = {"accuracy": []}
-    for prediction, reference in zip(predictions, references):
+    for prediction, reference in zip(predictions, references, strict=True):
         hit = normalize_answer(prediction) == reference
         hits["accuracy"].append(hit)
         hits.setdefault(answer_kind(reference), []).append(hit)
