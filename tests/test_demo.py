@@ -47,5 +47,7 @@ def test_stage_folders_load_with_the_auto_classes(quick_demo):
 
 
 def test_cli_lists_demo():
-    proc = subprocess.run([sys.executable, "-m", "minillava.train.cli", "demo", "--help"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "minillava.train.cli", "demo", "--help"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "--quick" in proc.stdout

@@ -14,6 +14,7 @@ seen in training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
@@ -64,20 +65,16 @@ SIZES = {
 
 def _reset_peak_memory() -> None:
     """Resets the process's peak resident memory (Linux), so each stage reports its own peak."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process since the last reset, in MiB."""
-    try:
+    """Peak resident memory of this process since the last reset (Linux; elsewhere since its start), in MiB."""
+    with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
-    except OSError:
-        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
