@@ -46,6 +46,17 @@ def test_stage_folders_load_with_the_auto_classes(quick_demo):
         assert type(model).__name__.startswith("MiniLlava" if arch == "llava-1.5" else "MiniGPT4")
 
 
+@pytest.mark.parametrize("preset", ["tiny-llava-1.5", "tiny-minigpt4"])
+def test_tiny_presets_build_from_the_pretrained_parts(quick_demo, preset, tmp_path, monkeypatch):
+    from minillava.train.build import BuildArguments, build
+
+    out, _ = quick_demo
+    monkeypatch.setenv("MINILLAVA_COMPONENTS_CACHE", str(out / "components"))
+    model, processor = build(BuildArguments(preset=preset, output_dir=str(tmp_path)))
+    assert processor.num_image_tokens == model.config.image_seq_length
+    assert str(out / "components") in model.config.text_config._name_or_path
+
+
 def test_cli_lists_demo():
     proc = subprocess.run(
         [sys.executable, "-m", "minillava.train.cli", "demo", "--help"], capture_output=True, text=True

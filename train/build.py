@@ -38,6 +38,8 @@ from minillava.train.checkpoints import load_exact, load_tensors, strip_prefix
 logger = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
+# Presets may name the demo's pretrained tiny parts (built reproducibly, offline, on first use) instead of a path.
+COMPONENT_PREFIX = "minillava-components:"
 
 # What each architecture's recipe uses unless told otherwise (LLaVA-1.5 paper; MiniGPT-4 repository).
 ARCH_DEFAULTS = {
@@ -147,8 +149,28 @@ def resolve_preset(args: BuildArguments) -> BuildArguments:
         raise ValueError(f"Unknown or missing --arch {args.arch!r}; choose one of {sorted(ARCH_DEFAULTS)}")
     for name in ("vision_model", "text_model"):
         if getattr(args, name) is None:
-            raise ValueError(f"--{name.replace('_', '-')} is required (or a --preset that names it)")
+            raise ValueError(f"--{name} is required (or a --preset that names it)")
+        setattr(args, name, resolve_part(getattr(args, name)))
     return args
+
+
+def resolve_part(ref: str) -> str:
+    """A part's folder or Hub id: `ref` itself, or for `minillava-components:NAME` (`lm`, `clip_vision`, `blip2`) the
+    folder of that pretrained tiny part, built on first use (`$MINILLAVA_COMPONENTS_CACHE` or ~/.cache/minillava)."""
+    if not ref.startswith(COMPONENT_PREFIX):
+        return ref
+    from minillava.train import components
+
+    builders = {
+        "lm": components.tiny_tokenizer_and_lm,
+        "clip_vision": components.tiny_clip_vision,
+        "blip2": components.tiny_blip2,
+    }
+    name = ref[len(COMPONENT_PREFIX) :]
+    if name not in builders:
+        known = ", ".join(COMPONENT_PREFIX + part for part in builders)
+        raise ValueError(f"Unknown part {ref!r}; the tiny parts are {known}")
+    return str(builders[name]())
 
 
 def build(args: BuildArguments) -> tuple[MiniVLMForConditionalGeneration, MiniLlavaProcessor]:
@@ -313,6 +335,7 @@ __all__ = [
     "main",
     "parse_dtype",
     "resolve_chat_template",
+    "resolve_part",
     "resolve_preset",
     "save",
     "vision_config_of",

@@ -37,7 +37,9 @@ class DemoArguments:
     """What `minillava demo` runs."""
 
     output_dir: str = field(default="minillava-demo", metadata={"help": "Where models, results.json and plots go."})
-    quick: bool = field(default=False, metadata={"help": "A smaller run (under 3 minutes), for smoke tests."})
+    quick: bool = field(
+        default=False, metadata={"help": "Less training and evaluation (under 3 minutes), for smoke tests."}
+    )
     components_dir: str | None = field(
         default=None, metadata={"help": "Cache of the pretrained tiny parts (default: ~/.cache/minillava/components)."}
     )
@@ -208,7 +210,7 @@ def demo(args: DemoArguments) -> dict:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    parts = build_all(args.components_dir, quick=args.quick)
+    parts = build_all(args.components_dir)
     results = {}
     for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
         if arch not in ARCHS:
