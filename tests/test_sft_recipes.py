@@ -32,7 +32,14 @@ def parse(name: str, *flags: str):
 def test_every_recipe_is_listed():
     assert set(recipe_names()) == set(PUBLISHED) | {
         f"tiny-cpu-{s}" for s in ("align", "instruct", "instruct-lora", "instruct-qlora")
-    }
+    } | {"demo-align", "demo-instruct"}
+
+
+@pytest.mark.parametrize("stage", ["align", "instruct"])
+def test_demo_recipes_run_on_cpu_in_their_stage(stage):
+    script_args, training_args, _ = parse(f"demo-{stage}", "--model_name_or_path", "m", "--output_dir", "o")
+    assert script_args.stage == stage
+    assert training_args.use_cpu and not training_args.bf16 and training_args.save_strategy == "no"
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
