@@ -65,6 +65,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from minillava.processing.chat_templates import LLAVA_SYSTEM_PROMPT
+from minillava.processing.processing_minillava import make_tokenizer_config_portable
 from minillava.train.demo_world import (
     ANSWERS,
     COLOURS,
@@ -115,10 +117,7 @@ IMAGE_SIZE = 48
 PATCH_SIZE = 8
 NUM_QUERY_TOKENS = 8
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # ids 0-3, as in tests/tiny.py
-VICUNA_SYSTEM_PROMPT = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
+VICUNA_SYSTEM_PROMPT = LLAVA_SYSTEM_PROMPT  # the LM learns the system prompt of LLaVA-1.5's template
 MINIGPT4_SYSTEM_PROMPT = (
     "Give the following image: <Img>ImageContent</Img>. "
     "You will be able to see the image once I provide it to you. Please answer my questions."
@@ -302,13 +301,9 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 
 
 def _save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
-    """`save_pretrained`, naming the class `PreTrainedTokenizerFast` (transformers 5 writes its internal
-    `TokenizersBackend`, which transformers 4 cannot load)."""
+    """`save_pretrained`, in the form transformers 4.x loads too."""
     tokenizer.save_pretrained(folder)
-    config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    make_tokenizer_config_portable(str(folder))
 
 
 def _lm_config(vocab_size: int) -> LlamaConfig:
