@@ -4,13 +4,76 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import transformers
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers import GenerationMixin, PreTrainedModel, modeling_outputs
+from transformers.generation import utils as generation_utils
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llama.modeling_llama import LlamaForCausalLM
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple
 
 
-IS_TRANSFORMERS_V5 = int(transformers.__version__.split(".")[0]) >= 5
+# ---------------------------------------------------------------------------------------------------------------------
+# The few places where the supported transformers releases (4.57.x to the newest 5.x) differ. Everything else uses
+# transformers' own output classes, kwargs, cache and loss; each name here picks the installed release's way, read
+# from transformers itself (a field, a mapping, a class attribute) rather than from its version number. (They live in
+# this file rather than in one of their own: transformers 4.57 copies only the direct relative imports of a local
+# folder's code files into its module cache.)
+# ---------------------------------------------------------------------------------------------------------------------
+
+try:  # transformers >= 5.0: init functions that leave weights loaded from a checkpoint alone
+    from transformers import initialization as init
+except ImportError:  # 4.57: weights loaded from a checkpoint are never re-initialised there
+    from torch.nn import init
+
+try:  # transformers >= 5.0
+    from transformers.utils import torch_compilable_check
+except ImportError:
+
+    def torch_compilable_check(cond, msg, error_type: type[Exception] = ValueError) -> None:
+        """Raises `error_type(msg)` when `cond` is false, in a way `torch.compile` can trace (as 5.x's helper)."""
+        message = msg if callable(msg) else (lambda: msg)
+        if isinstance(cond, torch.Tensor):
+            torch._check_tensor_all_with(error_type, cond, message)
+        else:
+            torch._check_with(error_type, cond, message)
+
+
+# The KV cache's name in forward kwargs and outputs: `cache` from transformers 5.24, `past_key_values` before.
+CACHE_NAME = "cache" if "cache" in modeling_outputs.CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+# The output classes to extend: the multimodal ones (with `image_outputs`) where transformers has them (5.24+).
+BaseModelOutputWithPast = getattr(
+    modeling_outputs, "MultimodalBaseModelOutputWithPast", modeling_outputs.BaseModelOutputWithPast
+)
+CausalLMOutputWithPast = getattr(
+    modeling_outputs, "MultimodalCausalLMOutputWithPast", modeling_outputs.CausalLMOutputWithPast
+)
+HAS_IMAGE_OUTPUTS = "image_outputs" in CausalLMOutputWithPast.__dataclass_fields__
+
+# Whether `generate` itself passes `pixel_values` to the first step only (newer 5.x); before that, each model's
+# `prepare_inputs_for_generation` drops them once the images are in the cache.
+GENERATE_DROPS_PIXELS_AFTER_PREFILL = "pixel_values" in getattr(
+    generation_utils, "MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL", ()
+)
+
+# The language-model head's parallel plans and tied-weights declaration, as transformers' own Llama declares them in
+# the installed release (tensor-parallel style names and the tied-keys format changed in 5.x).
+LM_HEAD_TP_PLAN = dict(LlamaForCausalLM._tp_plan or {})
+LM_HEAD_PP_PLAN = dict(getattr(LlamaForCausalLM, "_pp_plan", None) or {})
+TIED_WEIGHTS_KEYS_ARE_A_MAPPING = isinstance(LlamaForCausalLM._tied_weights_keys, dict)
+
+
+def is_first_generation_step(generation_kwargs: dict) -> bool:
+    """Whether `prepare_inputs_for_generation` prepares the step that reads the prompt (and so its images)."""
+    if "is_first_iteration" in generation_kwargs:  # 5.x
+        return bool(generation_kwargs["is_first_iteration"])
+    cache_position = generation_kwargs.get("cache_position")  # 4.57
+    return cache_position is None or int(cache_position[0]) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 
 # Published checkpoints (and transformers 4.x) keep these vision towers under a `vision_model.` sub-module, which
 # transformers 5 flattens away in memory. Weights are always written with the prefix, so that a folder saved under
@@ -22,6 +85,9 @@ VISION_TOWER_KEY = "model.vision_tower."
 @dataclass
 class MiniVLMModelOutputWithPast(BaseModelOutputWithPast):
     r"""
+    The language model's outputs (transformers' own class: the cache is `cache` from 5.24, `past_key_values` before),
+    plus, where transformers has it, `image_outputs` (the [`BaseModelOutputWithPooling`] of `get_image_features`).
+
     image_hidden_states (`torch.FloatTensor`, *optional*):
         Projected image features of shape `(num_images, image_seq_length, text_hidden_size)`.
     """
@@ -30,21 +96,14 @@ class MiniVLMModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class MiniVLMCausalLMOutputWithPast(ModelOutput):
+class MiniVLMCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
-    loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
-        Next-token prediction loss, ignoring image positions and labels set to -100.
-    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
-        Language modeling head scores.
+    transformers' causal LM output (`loss` ignores image positions and labels set to -100), plus:
+
     image_hidden_states (`torch.FloatTensor`, *optional*):
         Projected image features of shape `(num_images, image_seq_length, text_hidden_size)`.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: object | None = None
-    hidden_states: tuple[torch.FloatTensor] | None = None
-    attentions: tuple[torch.FloatTensor] | None = None
     image_hidden_states: torch.FloatTensor | None = None
 
 
@@ -57,6 +116,19 @@ def grad_enabled_if_trainable(*modules: nn.Module | nn.Parameter):
     return torch.no_grad()
 
 
+def image_features_output(
+    vision_outputs, image_features: torch.FloatTensor, output_hidden_states: bool
+) -> BaseModelOutputWithPooling:
+    """What `get_image_features` returns: the vision tower's outputs, with the connector's features as `pooler_output`
+    (`(num_images, image_seq_length, text_hidden_size)`), as transformers 5's VLMs do."""
+    return BaseModelOutputWithPooling(
+        last_hidden_state=vision_outputs.last_hidden_state,
+        pooler_output=image_features,
+        hidden_states=vision_outputs.hidden_states if output_hidden_states else None,
+        attentions=vision_outputs.attentions,
+    )
+
+
 class MiniVLMPreTrainedModel(PreTrainedModel):
     """Capability flags shared by the minillava models."""
 
@@ -64,18 +136,19 @@ class MiniVLMPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True
 
 
 class MiniVLMModel(MiniVLMPreTrainedModel):
     """
     A vision tower, a connector and a language model without head. Subclasses build `vision_tower`, the connector
-    and `language_model`, and implement `get_image_features(pixel_values)`, which returns features of shape
+    and `language_model`, and implement `get_image_features(pixel_values, ...)`, which returns a
+    [`BaseModelOutputWithPooling`] whose `pooler_output` holds the features, of shape
     `(num_images, image_seq_length, text_hidden_size)`.
     """
 
@@ -90,71 +163,72 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     def get_placeholder_mask(
-        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, image_features
-    ):
-        """Positions of the image tokens, checked against the number of image features."""
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, image_features: torch.FloatTensor
+    ) -> torch.BoolTensor:
+        """Positions of the image tokens (broadcast over the hidden size), checked against the number of features."""
         if input_ids is None:
             image_embed = self.get_input_embeddings()(
-                torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+                torch.full((), self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
             )
             special_image_mask = (inputs_embeds == image_embed).all(-1)
         else:
             special_image_mask = input_ids == self.config.image_token_id
-        n_image_tokens = int(special_image_mask.sum())
+        n_image_tokens = special_image_mask.sum()
         n_images, tokens_per_image = image_features.shape[:2]
-        if n_image_tokens != n_images * tokens_per_image:
-            raise ValueError(
-                f"Image features and image tokens do not match: the text has {n_image_tokens} image tokens but "
+
+        def mismatch() -> str:
+            return (
+                f"Image features and image tokens do not match: the text has {int(n_image_tokens)} image tokens but "
                 f"{n_images} image(s) give {n_images * tokens_per_image} features ({tokens_per_image} per image). "
                 "Each image placeholder must be expanded to exactly that many image tokens (use the model's "
                 "processor); the usual causes are truncation (`max_length` cut into the image tokens), or a missing "
                 "or extra image placeholder compared with the images given."
             )
+
+        torch_compilable_check(n_image_tokens == n_images * tokens_per_image, mismatch)
         return special_image_mask.unsqueeze(-1).to(inputs_embeds.device)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
         inputs_embeds: torch.FloatTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MiniVLMModelOutputWithPast:
+        r"""
+        Runs the language model on the text embeddings with each image's features in place of its image tokens.
+        The KV cache and every other language-model argument (`use_cache`, `output_attentions`, ...) pass through
+        `kwargs` under the installed transformers' names (the cache is `cache` from 5.24, `past_key_values` before).
+        Image tokens without `pixel_values` are embedded as text, as in transformers' LLaVA.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_features = None
+        image_outputs = None
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values)
-            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            image_outputs = self.get_image_features(pixel_values, return_dict=True)
+            image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
             special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(special_image_mask, image_features)
-        elif input_ids is not None and (past_key_values is None or past_key_values.get_seq_length() == 0):
-            if (input_ids == self.config.image_token_id).any():
-                raise ValueError(
-                    "The text contains image tokens but no `pixel_values` were given: pass the images with the text "
-                    "(processor(images=..., text=...))."
-                )
 
-        kwargs.setdefault("return_dict", True)
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
+            return_dict=True,
             **kwargs,
         )
-        return MiniVLMModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=image_features,
-        )
+        image_fields = {}
+        if image_outputs is not None:
+            image_fields["image_hidden_states"] = image_outputs.pooler_output
+            if HAS_IMAGE_OUTPUTS:
+                image_fields["image_outputs"] = image_outputs
+        return MiniVLMModelOutputWithPast(**outputs, **image_fields)
 
     def _map_vision_prefix_on_load(self, state_dict: dict, prefix: str, *args, **kwargs):
         """`load_state_dict` of a checkpoint in the published key layout (e.g. a Trainer checkpoint on resume)."""
@@ -172,10 +246,12 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
     model_class: type[MiniVLMModel]
     # Saving copies the code files and writes `auto_map`, so the folder loads with `trust_remote_code=True`.
     _auto_class = "AutoModelForImageTextToText"
-    if IS_TRANSFORMERS_V5:
+    if TIED_WEIGHTS_KEYS_ARE_A_MAPPING:
         _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
     else:
         _tied_weights_keys = ["lm_head.weight"]
+    _tp_plan = LM_HEAD_TP_PLAN
+    _pp_plan = LM_HEAD_PP_PLAN
 
     def __init__(self, config):
         super().__init__(config)
@@ -198,31 +274,41 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.model.language_model
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+        """The vision outputs with the connector's features as `pooler_output` (see the base model's method)."""
+        return self.model.get_image_features(pixel_values, **kwargs)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MiniVLMCausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Targets for the language modeling loss; -100 is ignored, and so are image-token positions.
+            Targets for the language modeling loss; -100 is ignored, and so are image-token positions. A sample whose
+            text holds image tokens must come with its images: a loss over image tokens embedded as text would train
+            on a lost image, so that raises.
+
+        The KV cache and the other language-model arguments pass through `kwargs`, as in [`MiniVLMModel.forward`].
         """
+        if labels is not None and pixel_values is None and input_ids is not None and not torch.compiler.is_compiling():
+            if (input_ids == self.config.image_token_id).any():
+                raise ValueError(
+                    "The text contains image tokens but no `pixel_values` were given: pass the images with the text "
+                    "(processor(images=..., text=...))."
+                )
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
@@ -240,19 +326,18 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         return MiniVLMCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
+            **{name: value for name, value in outputs.items() if name != "last_hidden_state"},
         )
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
-        # Images are encoded once, in the prefill step; later steps read them from the KV cache.
-        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
-        if prefill or not kwargs.get("use_cache", True):
-            model_inputs["pixel_values"] = pixel_values
-        return model_inputs
+    if not GENERATE_DROPS_PIXELS_AFTER_PREFILL:
+
+        def prepare_inputs_for_generation(self, *args, pixel_values: torch.FloatTensor | None = None, **kwargs):
+            """Passes `pixel_values` to the step that reads the prompt only; later steps find the images in the
+            cache. (Newer transformers do this in `GenerationMixin` itself.)"""
+            model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+            if is_first_generation_step(kwargs) or not kwargs.get("use_cache", True):
+                model_inputs["pixel_values"] = pixel_values
+            return model_inputs
 
     def _published_vision_prefix(self) -> str | None:
         """The vision key prefix to add on save / on load, or None when memory and disk already agree."""
@@ -309,4 +394,6 @@ __all__ = [
     "MiniVLMModelOutputWithPast",
     "MiniVLMPreTrainedModel",
     "grad_enabled_if_trainable",
+    "image_features_output",
+    "init",
 ]

@@ -2,18 +2,26 @@
 
 import torch
 from torch import nn
-from transformers import AutoModel, Blip2QFormerModel, Blip2VisionModel
+from transformers import AutoModel, Blip2QFormerModel, Blip2VisionModel, GenerationMixin
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_minigpt4 import MiniGPT4Config
-from .modeling_base import MiniVLMForConditionalGeneration, MiniVLMModel, grad_enabled_if_trainable
+from .modeling_base import (
+    MiniVLMForConditionalGeneration,
+    MiniVLMModel,
+    grad_enabled_if_trainable,
+    image_features_output,
+    init,
+)
 
 
 class MiniGPT4Model(MiniVLMModel):
     """MiniGPT-4's frozen BLIP-2 front end, its linear projection and the language model (without head)."""
 
     config_class = MiniGPT4Config
-    # As in BLIP-2: the Q-Former and its queries stay in fp32 whatever dtype the language model is loaded in.
-    _keep_in_fp32_modules = ["query_tokens", "qformer"]
+    # As in MiniGPT-4: the Q-Former and its queries stay in fp32 whatever dtype the language model is loaded in
+    # (bf16 included), so they are created in fp32 too.
     _keep_in_fp32_modules_strict = ["query_tokens", "qformer"]
     _supports_flash_attn = False  # the fp32 Q-Former cannot use Flash Attention
 
@@ -21,22 +29,41 @@ class MiniGPT4Model(MiniVLMModel):
         super().__init__(config)
         self.vision_tower = Blip2VisionModel(config.vision_config)
         self.query_tokens = nn.Parameter(
-            torch.randn(1, config.num_query_tokens, config.qformer_config.hidden_size)
+            torch.randn(1, config.num_query_tokens, config.qformer_config.hidden_size, dtype=torch.float32)
             * config.qformer_config.initializer_range
         )
-        self.qformer = Blip2QFormerModel(config.qformer_config)
+        self.qformer = Blip2QFormerModel(config.qformer_config).to(torch.float32)
         self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
-        """Q-Former query outputs, projected: `(num_images, num_query_tokens, text_hidden_size)`."""
+    def _init_weights(self, module: nn.Module):
+        super()._init_weights(module)
+        if module is self:
+            init.normal_(self.query_tokens, mean=0.0, std=self.config.qformer_config.initializer_range)
+
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """The vision tower's outputs, with the Q-Former's query outputs projected into `pooler_output`:
+        `(num_images, num_query_tokens, text_hidden_size)`."""
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config.vision_config, "output_hidden_states", False)
         with grad_enabled_if_trainable(self.vision_tower):
             # last_hidden_state has gone through post_layernorm, which is MiniGPT-4's `ln_vision`
-            image_embeds = self.vision_tower(pixel_values.to(self.vision_tower.dtype), return_dict=True)
-            image_embeds = image_embeds.last_hidden_state
+            vision_outputs = self.vision_tower(
+                pixel_values.to(self.vision_tower.dtype),
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+                **({} if output_attentions is None else {"output_attentions": output_attentions}),
+            )
         with grad_enabled_if_trainable(self.qformer, self.query_tokens):
-            image_embeds = image_embeds.to(self.query_tokens.dtype)
+            image_embeds = vision_outputs.last_hidden_state.to(self.query_tokens.dtype)
             image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
             query_output = self.qformer(
                 query_embeds=self.query_tokens.expand(image_embeds.shape[0], -1, -1),
@@ -44,15 +71,15 @@ class MiniGPT4Model(MiniVLMModel):
                 encoder_attention_mask=image_attention_mask,
                 return_dict=True,
             ).last_hidden_state
-        return self.language_projection(query_output.to(self.language_projection.weight.dtype))
+        image_features = self.language_projection(query_output.to(self.language_projection.weight.dtype))
+        return image_features_output(vision_outputs, image_features, output_hidden_states)
 
 
-class MiniGPT4ForConditionalGeneration(MiniVLMForConditionalGeneration):
+class MiniGPT4ForConditionalGeneration(MiniVLMForConditionalGeneration, GenerationMixin):
     """MiniGPT-4: a [`MiniGPT4Model`] and a language modeling head."""
 
     config_class = MiniGPT4Config
     model_class = MiniGPT4Model
-    _keep_in_fp32_modules = ["query_tokens", "qformer"]
     _keep_in_fp32_modules_strict = ["query_tokens", "qformer"]
     _supports_flash_attn = False
 

@@ -2,11 +2,18 @@
 
 import torch
 from torch import nn
-from transformers import AutoModel
+from transformers import AutoModel, GenerationMixin
 from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_minillava import MiniLlavaConfig
-from .modeling_base import MiniVLMForConditionalGeneration, MiniVLMModel, grad_enabled_if_trainable
+from .modeling_base import (
+    MiniVLMForConditionalGeneration,
+    MiniVLMModel,
+    grad_enabled_if_trainable,
+    image_features_output,
+)
 
 
 class MiniLlavaMultiModalProjector(nn.Module):
@@ -42,22 +49,43 @@ class MiniLlavaModel(MiniVLMModel):
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
-        """Selected vision hidden states, projected: `(num_images, image_seq_length, text_hidden_size)`."""
-        layers = self.config.vision_feature_layer
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """The vision tower's outputs, with the selected hidden states projected into `pooler_output`:
+        `(num_images, image_seq_length, text_hidden_size)`. `hidden_states` are returned when asked for."""
+        layers = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config.vision_config, "output_hidden_states", False)
         with grad_enabled_if_trainable(self.vision_tower):
-            pixel_values = pixel_values.to(self.vision_tower.dtype)
-            hidden_states = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
+            vision_outputs = self.vision_tower(
+                pixel_values.to(self.vision_tower.dtype),
+                output_hidden_states=True,
+                return_dict=True,
+                **({} if output_attentions is None else {"output_attentions": output_attentions}),
+            )
+            hidden_states = vision_outputs.hidden_states
             if isinstance(layers, int):
                 image_features = hidden_states[layers]
             else:
                 image_features = torch.cat([hidden_states[layer] for layer in layers], dim=-1)
-            if self.config.vision_feature_select_strategy == "default":
+            if strategy == "default":
                 image_features = image_features[:, 1:]
-        return self.multi_modal_projector(image_features.to(self.multi_modal_projector.linear_1.weight.dtype))
+        image_features = self.multi_modal_projector(
+            image_features.to(self.multi_modal_projector.linear_1.weight.dtype)
+        )
+        return image_features_output(vision_outputs, image_features, output_hidden_states)
 
 
-class MiniLlavaForConditionalGeneration(MiniVLMForConditionalGeneration):
+class MiniLlavaForConditionalGeneration(MiniVLMForConditionalGeneration, GenerationMixin):
     """LLaVA-1.5: a [`MiniLlavaModel`] and a language modeling head."""
 
     config_class = MiniLlavaConfig

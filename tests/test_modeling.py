@@ -49,11 +49,16 @@ def test_token_feature_mismatch_error_names_both_counts(model_and_tokenizer, del
         model(input_ids=ids, pixel_values=pixels(1))
 
 
-def test_image_tokens_without_pixels_error(model_and_tokenizer):
+def test_image_tokens_without_pixels_train_error_infer_as_text(model_and_tokenizer):
+    """A loss over a sample whose image was lost raises; inference embeds image tokens as text, as llava does."""
     model, tokenizer = model_and_tokenizer
     ids = torch.tensor(image_prompt_ids(tokenizer, model, ["<image>\nhi"]))
     with pytest.raises(ValueError, match="no `pixel_values`"):
-        model(input_ids=ids)
+        model(input_ids=ids, labels=ids)
+    with torch.no_grad():
+        as_text = model(input_ids=ids).logits
+        embeds = model.get_input_embeddings()(ids)
+        torch.testing.assert_close(model(inputs_embeds=embeds).logits, as_text)
 
 
 def test_each_placeholder_takes_its_own_image(model_and_tokenizer):
@@ -64,7 +69,7 @@ def test_each_placeholder_takes_its_own_image(model_and_tokenizer):
         lambda module, args, kwargs: seen.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True
     )
     with torch.no_grad():
-        features = model.get_image_features(pixels(2))
+        features = model.get_image_features(pixels(2)).pooler_output
         model(input_ids=ids, pixel_values=pixels(2))
     hook.remove()
     positions = (ids[0] == model.config.image_token_id).nonzero().squeeze(-1)
