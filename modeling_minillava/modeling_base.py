@@ -175,17 +175,18 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             special_image_mask = input_ids == self.config.image_token_id
         n_image_tokens = special_image_mask.sum()
         n_images, tokens_per_image = image_features.shape[:2]
-
-        def mismatch() -> str:
-            return (
+        if torch.compiler.is_compiling():  # a traceable check; the counts cannot be read out while tracing
+            torch_compilable_check(
+                n_image_tokens == n_images * tokens_per_image, "Image features and image tokens do not match"
+            )
+        elif int(n_image_tokens) != n_images * tokens_per_image:
+            raise ValueError(
                 f"Image features and image tokens do not match: the text has {int(n_image_tokens)} image tokens but "
                 f"{n_images} image(s) give {n_images * tokens_per_image} features ({tokens_per_image} per image). "
                 "Each image placeholder must be expanded to exactly that many image tokens (use the model's "
                 "processor); the usual causes are truncation (`max_length` cut into the image tokens), or a missing "
                 "or extra image placeholder compared with the images given."
             )
-
-        torch_compilable_check(n_image_tokens == n_images * tokens_per_image, mismatch)
         return special_image_mask.unsqueeze(-1).to(inputs_embeds.device)
 
     @can_return_tuple
@@ -258,6 +259,8 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         self.model = self.model_class(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        # The image placeholder is never a token to generate (nor to propose, in prompt-lookup decoding).
+        self.generation_config.suppress_tokens = [config.image_token_id]
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -331,10 +334,20 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
 
     if not GENERATE_DROPS_PIXELS_AFTER_PREFILL:
 
-        def prepare_inputs_for_generation(self, *args, pixel_values: torch.FloatTensor | None = None, **kwargs):
+        def prepare_inputs_for_generation(
+            self,
+            input_ids: torch.LongTensor,
+            past_key_values=None,
+            inputs_embeds: torch.FloatTensor | None = None,
+            pixel_values: torch.FloatTensor | None = None,
+            **kwargs,
+        ):
             """Passes `pixel_values` to the step that reads the prompt only; later steps find the images in the
-            cache. (Newer transformers do this in `GenerationMixin` itself.)"""
-            model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+            cache. (Newer transformers do this in `GenerationMixin` itself; these releases name the cache
+            `past_key_values`, and `generate` checks its arguments against this signature.)"""
+            model_inputs = super().prepare_inputs_for_generation(
+                input_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds, **kwargs
+            )
             if is_first_generation_step(kwargs) or not kwargs.get("use_cache", True):
                 model_inputs["pixel_values"] = pixel_values
             return model_inputs

@@ -159,6 +159,19 @@ CHAT_TEMPLATES = {
 }
 
 
+# The text that closes an assistant turn in templates whose turns do not end with the tokenizer's EOS: generation
+# stops there and decoded answers are cut there.
+TURN_SEPARATORS = {"minigpt4_vicuna0": "###"}
+
+
+def turn_separator(chat_template: str | None) -> str | None:
+    """The turn separator of a shipped chat template (None for the others and for templates ending turns in EOS)."""
+    for name, template in CHAT_TEMPLATES.items():
+        if chat_template == template:
+            return TURN_SEPARATORS.get(name)
+    return None
+
+
 def get_chat_template(name: str, image_token: str = DEFAULT_IMAGE_TOKEN) -> str:
     """The chat template called `name`, writing `image_token` for each image."""
     if name not in CHAT_TEMPLATES:
@@ -170,6 +183,7 @@ def get_chat_template(name: str, image_token: str = DEFAULT_IMAGE_TOKEN) -> str:
 
 
 __all__ = [
+    "TURN_SEPARATORS",
     "CHAT_TEMPLATES",
     "DEFAULT_IMAGE_TOKEN",
     "LLAVA_SYSTEM_PROMPT",
@@ -178,4 +192,5 @@ __all__ = [
     "PLAIN",
     "VICUNA_V1",
     "get_chat_template",
+    "turn_separator",
 ]

@@ -107,6 +107,9 @@ class MiniLlavaProcessor(ProcessorMixin):
             The image placeholder in texts, and the token that the model replaces with image features.
         num_image_tokens (`int`, *optional*, defaults to 576):
             The number of image tokens per image (the connector's output length).
+        turn_separator (`str`, *optional*):
+            The text that closes an assistant turn when it is not the tokenizer's EOS (MiniGPT-4's `###`): decoded
+            answers are cut there by `post_process_image_text_to_text` (what the pipelines call).
     """
 
     attributes = ["image_processor", "tokenizer"]
@@ -126,6 +129,7 @@ class MiniLlavaProcessor(ProcessorMixin):
         chat_template: str | None = None,
         image_token: str = "<image>",
         num_image_tokens: int = 576,
+        turn_separator: str | None = None,
         **kwargs,
     ):
         if kwargs:
@@ -134,6 +138,7 @@ class MiniLlavaProcessor(ProcessorMixin):
             raise ValueError(f"num_image_tokens must be at least 1, got {num_image_tokens}.")
         self.image_token = image_token
         self.num_image_tokens = num_image_tokens
+        self.turn_separator = turn_separator
         if tokenizer is not None:
             ids = tokenizer.encode(image_token, add_special_tokens=False)
             if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
@@ -149,6 +154,17 @@ class MiniLlavaProcessor(ProcessorMixin):
         saved = super().save_pretrained(save_directory, *args, **kwargs)
         make_tokenizer_config_portable(save_directory)
         return saved
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
+        """Decodes generated ids (as transformers' processors do), each answer cut at `turn_separator`."""
+        decoded = super().post_process_image_text_to_text(
+            generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs
+        )
+        if not self.turn_separator:
+            return decoded
+        if isinstance(decoded, str):
+            return decoded.split(self.turn_separator, 1)[0]
+        return [text.split(self.turn_separator, 1)[0] for text in decoded]
 
     @property
     def image_token_id(self) -> int:
@@ -189,7 +205,7 @@ class MiniLlavaProcessor(ProcessorMixin):
         if text is None and images is None:
             raise ValueError(f"{type(self).__name__} needs `text`, `images` or both.")
         for modality in ("videos", "audio"):
-            if kwargs.pop(modality, None) is not None:
+            if kwargs.pop(modality, None):  # tools pass `videos=None` or `videos=[]`
                 raise ValueError(f"{type(self).__name__} handles images and text only, not {modality}.")
         return_mm_token_type_ids = kwargs.pop("return_mm_token_type_ids", False)
         return_replacement_offsets = kwargs.pop("return_text_replacement_offsets", False)

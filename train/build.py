@@ -29,7 +29,7 @@ from minillava.modeling import (
     MiniVLMForConditionalGeneration,
 )
 from minillava.modeling.modeling_minillava import MiniLlavaMultiModalProjector
-from minillava.processing.chat_templates import get_chat_template
+from minillava.processing.chat_templates import get_chat_template, turn_separator
 from minillava.processing.image_processing import make_image_processor
 from minillava.processing.processing_minillava import MiniLlavaProcessor
 from minillava.train.checkpoints import load_exact, load_tensors, strip_prefix
@@ -261,6 +261,26 @@ def fit_tokenizer(model: MiniVLMForConditionalGeneration, tokenizer, pad_to_mult
     model.generation_config.eos_token_id = tokenizer.eos_token_id
 
 
+def stop_at_turn_end(model: MiniVLMForConditionalGeneration, processor: MiniLlavaProcessor) -> None:
+    """Where the chat template closes turns with a separator of its own (MiniGPT-4's `###`), `generate` stops at
+    every token that ends with it and the processor cuts decoded answers there."""
+    separator = turn_separator(processor.chat_template)
+    processor.turn_separator = separator
+    if separator is None:
+        return
+    tokenizer = processor.tokenizer
+    stop_ids = sorted(
+        token_id
+        for token, token_id in tokenizer.get_vocab().items()
+        if tokenizer.convert_tokens_to_string([token]).endswith(separator)
+    )
+    if not stop_ids:
+        logger.warning(f"No token of the tokenizer ends with the turn separator {separator!r}: generation stops at EOS")
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    model.generation_config.eos_token_id = list(dict.fromkeys(eos + stop_ids))
+
+
 def save(
     model: MiniVLMForConditionalGeneration, processor: MiniLlavaProcessor, output_dir: str | Path, **save_kwargs
 ) -> None:
@@ -271,6 +291,7 @@ def save(
             f"The processor expands images to {processor.num_image_tokens} tokens but the model expects "
             f"{model.config.image_seq_length}"
         )
+    stop_at_turn_end(model, processor)
     model.save_pretrained(output_dir, **save_kwargs)
     processor.save_pretrained(output_dir)
     logger.info("Saved %s and its processor to %s", type(model).__name__, output_dir)
