@@ -275,7 +275,9 @@ def stop_at_turn_end(model: MiniVLMForConditionalGeneration, processor: MiniLlav
         if tokenizer.convert_tokens_to_string([token]).endswith(separator)
     )
     if not stop_ids:
-        logger.warning(f"No token of the tokenizer ends with the turn separator {separator!r}: generation stops at EOS")
+        logger.warning(
+            f"No token of the tokenizer ends with the turn separator {separator!r}: generation stops at EOS"
+        )
     eos = model.generation_config.eos_token_id
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     model.generation_config.eos_token_id = list(dict.fromkeys(eos + stop_ids))

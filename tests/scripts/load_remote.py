@@ -3,6 +3,10 @@ computed. Run by tests/test_remote_code.py with any Python (transformers 5.x or 
 
 import json
 import sys
+import warnings
+
+
+warnings.simplefilter("default")  # deprecation warnings reach stderr, where the test reads them
 
 
 # Our package must not be importable: everything has to come from the folder's own code files.
