@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import load_image
-from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin
 from transformers.utils import is_torch_tensor, logging
 
 
@@ -165,6 +165,16 @@ class MiniLlavaProcessor(ProcessorMixin):
         if isinstance(decoded, str):
             return decoded.split(self.turn_separator, 1)[0]
         return [text.split(self.turn_separator, 1)[0] for text in decoded]
+
+    def _get_num_multimodal_tokens(self, image_sizes: list[list[int]] | None = None, **kwargs) -> MultiModalData:
+        """The number of image tokens each image of the given (height, width) sizes takes: `num_image_tokens`, for
+        any size (the image processor resizes every image to the tower's input). vLLM's Transformers backend and
+        transformers' own processing read this."""
+        vision_data = {}
+        if image_sizes is not None:
+            vision_data["num_image_tokens"] = [self.num_image_tokens] * len(image_sizes)
+            vision_data["num_image_patches"] = [1] * len(image_sizes)
+        return MultiModalData(**vision_data)
 
     @property
     def image_token_id(self) -> int:

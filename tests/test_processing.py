@@ -114,6 +114,25 @@ def test_text_only_call():
     assert processor.decode(out["input_ids"][0]) == "<s>USER: hi ASSISTANT:"
 
 
+@pytest.mark.parametrize("videos", [None, []])
+def test_empty_video_arguments_from_tools_are_accepted(videos):
+    """lmms-eval and other tools pass `videos=None` or `videos=[]`: same result as without them."""
+    processor = make_processor()
+    expected = processor(images=make_image(), text="<image> hi", return_tensors="pt")
+    out = processor(images=make_image(), text="<image> hi", videos=videos, return_tensors="pt")
+    assert out.keys() == expected.keys() and all((out[k] == expected[k]).all() for k in out)
+    with pytest.raises(ValueError, match="not videos"):
+        processor(text="hi", videos=[np.zeros((2, 8, 8, 3), dtype=np.uint8)])
+
+
+def test_num_multimodal_tokens_for_any_image_size():
+    processor = make_processor(num_image_tokens=4)
+    data = processor._get_num_multimodal_tokens(image_sizes=[[30, 40], [336, 672]])
+    assert data.num_image_tokens == [4, 4] and data.num_image_patches == [1, 1]
+    out = processor(images=[make_image(size=(40, 30)), make_image(size=(672, 336))], text=["<image> a <image> b"])
+    assert out["input_ids"][0].count(processor.image_token_id) == sum(data.num_image_tokens)
+
+
 def test_model_input_names_and_output_keys():
     processor = make_processor()
     out = processor(images=make_image(), text="<image> hi", return_tensors="pt")
