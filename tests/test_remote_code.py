@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hub_server import TOKEN, USER, client_env, serve_hub
 from PIL import Image
 from safetensors.torch import load_file
-from hub_server import TOKEN, USER, client_env, serve_hub
 from tiny import save_parts
 
 from minillava.train.build import BuildArguments, build
