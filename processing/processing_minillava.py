@@ -109,7 +109,7 @@ class MiniLlavaProcessor(ProcessorMixin):
             The number of image tokens per image (the connector's output length).
         turn_separator (`str`, *optional*):
             The text that closes an assistant turn when it is not the tokenizer's EOS (MiniGPT-4's `###`): decoded
-            answers are cut there by `post_process_image_text_to_text` (what the pipelines call).
+            answers lose the separator that ended them in `post_process_image_text_to_text` (what pipelines call).
     """
 
     attributes = ["image_processor", "tokenizer"]
@@ -156,15 +156,18 @@ class MiniLlavaProcessor(ProcessorMixin):
         return saved
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
-        """Decodes generated ids (as transformers' processors do), each answer cut at `turn_separator`."""
+        """Decodes generated ids (as transformers' processors do), without the `turn_separator` that ended each."""
         decoded = super().post_process_image_text_to_text(
             generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs
         )
-        if not self.turn_separator:
+        separator = self.turn_separator
+        if not separator:
             return decoded
-        if isinstance(decoded, str):
-            return decoded.split(self.turn_separator, 1)[0]
-        return [text.split(self.turn_separator, 1)[0] for text in decoded]
+
+        def cut(text: str) -> str:  # prompts hold separators too: only the one that ended generation goes
+            return text[: -len(separator)] if text.endswith(separator) else text
+
+        return cut(decoded) if isinstance(decoded, str) else [cut(text) for text in decoded]
 
     def _get_num_multimodal_tokens(self, image_sizes: list[list[int]] | None = None, **kwargs) -> MultiModalData:
         """The number of image tokens each image of the given (height, width) sizes takes: `num_image_tokens`, for

@@ -140,5 +140,9 @@ def test_minigpt4_stops_at_its_turn_separator(tmp_path):
     )
     answer = generated[:, inputs["input_ids"].shape[1] :]
     assert answer.shape[1] == 3 and answer[0, -1] == separator_id  # 2 forced tokens, then the separator ends it
-    ids = processor.tokenizer(" two###Human: more", add_special_tokens=False, return_tensors="pt").input_ids
-    assert processor.post_process_image_text_to_text(ids) == [" two"]
+    decode = processor.post_process_image_text_to_text
+    for text, expected in (
+        (" two###", " two"),
+        ("###Human: hi ###Assistant: two###", "###Human: hi ###Assistant: two"),
+    ):
+        assert decode(processor.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids) == [expected]
