@@ -160,7 +160,7 @@ CHAT_TEMPLATES = {
 
 
 # The text that closes an assistant turn in templates whose turns do not end with the tokenizer's EOS: generation
-# stops there and decoded answers are cut there.
+# stops there and decoded answers lose it.
 TURN_SEPARATORS = {"minigpt4_vicuna0": "###"}
 
 

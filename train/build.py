@@ -263,7 +263,7 @@ def fit_tokenizer(model: MiniVLMForConditionalGeneration, tokenizer, pad_to_mult
 
 def stop_at_turn_end(model: MiniVLMForConditionalGeneration, processor: MiniLlavaProcessor) -> None:
     """Where the chat template closes turns with a separator of its own (MiniGPT-4's `###`), `generate` stops at
-    every token that ends with it and the processor cuts decoded answers there."""
+    every token that ends with it and the processor drops it from decoded answers."""
     separator = turn_separator(processor.chat_template)
     processor.turn_separator = separator
     if separator is None:
