@@ -9,6 +9,7 @@ failure counts can be compared with llava's under the same installed version
 (`MINILLAVA_MIXIN_REFERENCE=1 python -m pytest tests/test_transformers_mixins.py -q -rf`).
 """
 
+import functools
 import os
 import unittest
 from unittest import mock
@@ -58,31 +59,48 @@ VISION_LAYERS = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size"
 IMAGE_TOKEN_ID = 0
 
 
+CLIP_VISION_CONFIG = {
+    "model_type": "clip_vision_model",
+    "image_size": 8,
+    "patch_size": 2,
+    "projection_dim": 32,
+    **VISION_LAYERS,
+}
+BLIP2_VISION_CONFIG = {"image_size": 8, "patch_size": 2, **VISION_LAYERS}
+LLAVA_IMAGE_TOKENS = (8 // 2) ** 2  # patches, CLS dropped
+MINIGPT4_QUERIES = 4
+
+
 class VisionTextModelTester:
-    """Tiny config and inputs: `batch_size` images, each expanded to `num_image_tokens` tokens at the start."""
+    """Tiny config and inputs: `batch_size` images, each expanded to `num_image_tokens` tokens at the start;
+    `make_config(tester)` builds the architecture's config from the tester's sub-configs."""
 
-    config_class = None
-    num_image_tokens = 0
-
-    def __init__(self, parent, batch_size: int = 3, text_length: int = 7):
+    def __init__(
+        self,
+        parent,
+        vision_config: dict,
+        num_image_tokens: int,
+        make_config,
+        batch_size: int = 3,
+        text_length: int = 7,
+    ):
         self.parent = parent
         self.batch_size = batch_size
         self.is_training = True
         self.text_config = dict(TEXT_CONFIG)
-        self.vision_config = self.make_vision_config()
+        self.vision_config = dict(vision_config)
+        self.num_image_tokens = num_image_tokens
+        self.make_config = make_config
         self.pad_token_id = self.text_config["pad_token_id"]
         self.num_hidden_layers = self.text_config["num_hidden_layers"]
         self.vocab_size = self.text_config["vocab_size"]
         self.hidden_size = self.text_config["hidden_size"]
         self.num_attention_heads = self.text_config["num_attention_heads"]
-        self.seq_length = text_length + self.num_image_tokens
+        self.seq_length = text_length + num_image_tokens
         self.encoder_seq_length = self.seq_length
 
-    def make_vision_config(self) -> dict:
-        raise NotImplementedError
-
     def get_config(self):
-        raise NotImplementedError
+        return self.make_config(self)
 
     def prepare_config_and_inputs_for_common(self):
         config = self.get_config()
@@ -94,44 +112,31 @@ class VisionTextModelTester:
         return config, {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
 
 
-class MiniLlavaModelTester(VisionTextModelTester):
-    num_image_tokens = (8 // 2) ** 2
+def llava_shaped_config(config_class, image_token_argument: str):
+    """The config builder of a LLaVA-1.5-shaped class (ours, and transformers' llava, which names the token
+    `image_token_index`)."""
 
-    def make_vision_config(self) -> dict:
-        return {
-            "model_type": "clip_vision_model",
-            "image_size": 8,
-            "patch_size": 2,
-            "projection_dim": 32,
-            **VISION_LAYERS,
-        }
-
-    def get_config(self) -> MiniLlavaConfig:
-        return MiniLlavaConfig(
-            vision_config=self.vision_config,
-            text_config=self.text_config,
-            image_token_id=IMAGE_TOKEN_ID,
+    def make_config(tester: VisionTextModelTester):
+        return config_class(
+            vision_config=tester.vision_config,
+            text_config=tester.text_config,
             vision_feature_layer=-2,
             vision_feature_select_strategy="default",
-            image_seq_length=self.num_image_tokens,
+            image_seq_length=tester.num_image_tokens,
+            **{image_token_argument: IMAGE_TOKEN_ID},
         )
 
+    return make_config
 
-class MiniGPT4ModelTester(VisionTextModelTester):
-    num_image_tokens = 4  # learned queries
 
-    def make_vision_config(self) -> dict:
-        return {"image_size": 8, "patch_size": 2, **VISION_LAYERS}
-
-    def get_config(self) -> MiniGPT4Config:
-        qformer_config = {**VISION_LAYERS, "vocab_size": 99, "cross_attention_frequency": 1}
-        return MiniGPT4Config(
-            vision_config=self.vision_config,
-            qformer_config=qformer_config,
-            text_config=self.text_config,
-            num_query_tokens=self.num_image_tokens,
-            image_token_id=IMAGE_TOKEN_ID,
-        )
+def minigpt4_config(tester: VisionTextModelTester) -> MiniGPT4Config:
+    return MiniGPT4Config(
+        vision_config=tester.vision_config,
+        qformer_config={**VISION_LAYERS, "vocab_size": 99, "cross_attention_frequency": 1},
+        text_config=tester.text_config,
+        num_query_tokens=tester.num_image_tokens,
+        image_token_id=IMAGE_TOKEN_ID,
+    )
 
 
 class VisionTextModelTest(ModelTesterMixin):
@@ -213,14 +218,24 @@ class LlavaShapedModelTest(VisionTextModelTest):
 
 class MiniLlavaForConditionalGenerationModelTest(LlavaShapedModelTest, unittest.TestCase):
     all_model_classes = (MiniLlavaModel, MiniLlavaForConditionalGeneration)
-    model_tester_factory = MiniLlavaModelTester
+    model_tester_factory = functools.partial(
+        VisionTextModelTester,
+        vision_config=CLIP_VISION_CONFIG,
+        num_image_tokens=LLAVA_IMAGE_TOKENS,
+        make_config=llava_shaped_config(MiniLlavaConfig, "image_token_id"),
+    )
     config_class = MiniLlavaConfig
     common_properties = [*VisionTextModelTest.common_properties, "vision_feature_layer"]
 
 
 class MiniGPT4ForConditionalGenerationModelTest(VisionTextModelTest, unittest.TestCase):
     all_model_classes = (MiniGPT4Model, MiniGPT4ForConditionalGeneration)
-    model_tester_factory = MiniGPT4ModelTester
+    model_tester_factory = functools.partial(
+        VisionTextModelTester,
+        vision_config=BLIP2_VISION_CONFIG,
+        num_image_tokens=MINIGPT4_QUERIES,
+        make_config=minigpt4_config,
+    )
     config_class = MiniGPT4Config
     common_properties = [*VisionTextModelTest.common_properties, "num_query_tokens"]
 
@@ -228,21 +243,15 @@ class MiniGPT4ForConditionalGenerationModelTest(VisionTextModelTest, unittest.Te
 if os.environ.get("MINILLAVA_MIXIN_REFERENCE") == "1":
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaModel
 
-    class LlavaReferenceModelTester(MiniLlavaModelTester):
-        def get_config(self) -> LlavaConfig:
-            return LlavaConfig(
-                vision_config=self.vision_config,
-                text_config=self.text_config,
-                image_token_index=IMAGE_TOKEN_ID,
-                vision_feature_layer=-2,
-                vision_feature_select_strategy="default",
-                image_seq_length=self.num_image_tokens,
-            )
-
     class LlavaReferenceModelTest(LlavaShapedModelTest, unittest.TestCase):
         """transformers' own LLaVA under the same harness and the same skips: the count to compare with."""
 
         all_model_classes = (LlavaModel, LlavaForConditionalGeneration)
-        model_tester_factory = LlavaReferenceModelTester
+        model_tester_factory = functools.partial(
+            VisionTextModelTester,
+            vision_config=CLIP_VISION_CONFIG,
+            num_image_tokens=LLAVA_IMAGE_TOKENS,
+            make_config=llava_shaped_config(LlavaConfig, "image_token_index"),
+        )
         config_class = LlavaConfig
         common_properties = ["image_token_index", "image_seq_length", "vision_feature_layer"]
