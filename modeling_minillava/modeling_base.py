@@ -116,19 +116,6 @@ def grad_enabled_if_trainable(*modules: nn.Module | nn.Parameter):
     return torch.no_grad()
 
 
-def image_features_output(
-    vision_outputs, image_features: torch.FloatTensor, output_hidden_states: bool
-) -> BaseModelOutputWithPooling:
-    """What `get_image_features` returns: the vision tower's outputs, with the connector's features as `pooler_output`
-    (`(num_images, image_seq_length, text_hidden_size)`), as transformers 5's VLMs do."""
-    return BaseModelOutputWithPooling(
-        last_hidden_state=vision_outputs.last_hidden_state,
-        pooler_output=image_features,
-        hidden_states=vision_outputs.hidden_states if output_hidden_states else None,
-        attentions=vision_outputs.attentions,
-    )
-
-
 class MiniVLMPreTrainedModel(PreTrainedModel):
     """Capability flags shared by the minillava models."""
 
@@ -147,10 +134,19 @@ class MiniVLMPreTrainedModel(PreTrainedModel):
 class MiniVLMModel(MiniVLMPreTrainedModel):
     """
     A vision tower, a connector and a language model without head. Subclasses build `vision_tower`, the connector
-    and `language_model`, and implement `get_image_features(pixel_values, ...)`, which returns a
-    [`BaseModelOutputWithPooling`] whose `pooler_output` holds the features, of shape
-    `(num_images, image_seq_length, text_hidden_size)`.
+    and `language_model`, and split the image path in two:
+
+    - `get_vision_features(pixel_values, ...)`: the vision front end up to the part that trains in every stage
+      (LLaVA: the tower's selected hidden states; MiniGPT-4: the Q-Former's outputs), as the `pooler_output` of a
+      [`BaseModelOutputWithPooling`]; the modules it runs are named in `vision_feature_modules`;
+    - `project_vision_features(vision_features)`: the rest of the connector, to `(num_images, image_seq_length,
+      text_hidden_size)`.
+
+    `forward` takes either `pixel_values` or those `vision_features` (e.g. read from a feature cache while the front
+    end is frozen).
     """
+
+    vision_feature_modules: tuple[str, ...] = ("vision_tower",)
 
     def __init__(self, config):
         super().__init__(config)
@@ -161,6 +157,18 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Module):
         self.language_model.set_input_embeddings(value)
+
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+        """The vision outputs of `get_vision_features`, with the connector's image features as `pooler_output`:
+        `(num_images, image_seq_length, text_hidden_size)`, as transformers 5's VLMs return them."""
+        vision_outputs = self.get_vision_features(pixel_values, return_dict=True, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=self.project_vision_features(vision_outputs.pooler_output),
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+        )
 
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, image_features: torch.FloatTensor
@@ -197,9 +205,14 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        vision_features: torch.FloatTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MiniVLMModelOutputWithPast:
         r"""
+        vision_features (`torch.FloatTensor`, *optional*):
+            The images as `get_vision_features` gives them (its `pooler_output`), in place of `pixel_values`: only
+            the rest of the connector runs on them.
+
         Runs the language model on the text embeddings with each image's features in place of its image tokens.
         The KV cache and every other language-model argument (`use_cache`, `output_attentions`, ...) pass through
         `kwargs` under the installed transformers' names (the cache is `cache` from 5.24, `past_key_values` before).
@@ -211,8 +224,13 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         image_outputs = None
-        if pixel_values is not None:
+        if pixel_values is not None and vision_features is not None:
+            raise ValueError("Pass the images either as `pixel_values` or as `vision_features`, not both.")
+        if vision_features is not None:
+            image_outputs = BaseModelOutputWithPooling(pooler_output=self.project_vision_features(vision_features))
+        elif pixel_values is not None:
             image_outputs = self.get_image_features(pixel_values, return_dict=True)
+        if image_outputs is not None:
             image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
             special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(special_image_mask, image_features)
@@ -281,6 +299,10 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         """The vision outputs with the connector's features as `pooler_output` (see the base model's method)."""
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    def get_vision_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+        """The frozen-path features (`pooler_output`) that `forward` also takes as `vision_features`."""
+        return self.model.get_vision_features(pixel_values, **kwargs)
+
     @can_return_tuple
     def forward(
         self,
@@ -291,9 +313,12 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        vision_features: torch.FloatTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MiniVLMCausalLMOutputWithPast:
         r"""
+        vision_features (`torch.FloatTensor`, *optional*):
+            The images as `get_vision_features` gives them, in place of `pixel_values` (see [`MiniVLMModel.forward`]).
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Targets for the language modeling loss; -100 is ignored, and so are image-token positions. A sample whose
             text holds image tokens must come with its images: a loss over image tokens embedded as text would train
@@ -301,7 +326,8 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
 
         The KV cache and the other language-model arguments pass through `kwargs`, as in [`MiniVLMModel.forward`].
         """
-        if labels is not None and pixel_values is None and input_ids is not None and not torch.compiler.is_compiling():
+        no_images = pixel_values is None and vision_features is None
+        if labels is not None and no_images and input_ids is not None and not torch.compiler.is_compiling():
             if (input_ids == self.config.image_token_id).any():
                 raise ValueError(
                     "The text contains image tokens but no `pixel_values` were given: pass the images with the text "
@@ -313,6 +339,7 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            vision_features=vision_features,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -407,6 +434,5 @@ __all__ = [
     "MiniVLMModelOutputWithPast",
     "MiniVLMPreTrainedModel",
     "grad_enabled_if_trainable",
-    "image_features_output",
     "init",
 ]

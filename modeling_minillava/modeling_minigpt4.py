@@ -11,7 +11,6 @@ from .modeling_base import (
     MiniVLMForConditionalGeneration,
     MiniVLMModel,
     grad_enabled_if_trainable,
-    image_features_output,
     init,
 )
 
@@ -20,6 +19,7 @@ class MiniGPT4Model(MiniVLMModel):
     """MiniGPT-4's frozen BLIP-2 front end, its linear projection and the language model (without head)."""
 
     config_class = MiniGPT4Config
+    vision_feature_modules = ("vision_tower", "query_tokens", "qformer")
     # As in MiniGPT-4: the Q-Former and its queries stay in fp32 whatever dtype the language model is loaded in
     # (bf16 included), so they are created in fp32 too.
     _keep_in_fp32_modules_strict = ["query_tokens", "qformer"]
@@ -43,15 +43,15 @@ class MiniGPT4Model(MiniVLMModel):
             init.normal_(self.query_tokens, mean=0.0, std=self.config.qformer_config.initializer_range)
 
     @can_return_tuple
-    def get_image_features(
+    def get_vision_features(
         self,
         pixel_values: torch.FloatTensor,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """The vision tower's outputs, with the Q-Former's query outputs projected into `pooler_output`:
-        `(num_images, num_query_tokens, text_hidden_size)`."""
+        """The vision tower's outputs, with the Q-Former's query outputs (fp32, before the projection) as
+        `pooler_output`: `(num_images, num_query_tokens, qformer_hidden_size)`."""
         if output_hidden_states is None:
             output_hidden_states = getattr(self.config.vision_config, "output_hidden_states", False)
         with grad_enabled_if_trainable(self.vision_tower):
@@ -71,8 +71,16 @@ class MiniGPT4Model(MiniVLMModel):
                 encoder_attention_mask=image_attention_mask,
                 return_dict=True,
             ).last_hidden_state
-        image_features = self.language_projection(query_output.to(self.language_projection.weight.dtype))
-        return image_features_output(vision_outputs, image_features, output_hidden_states)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=query_output,
+            hidden_states=vision_outputs.hidden_states if output_hidden_states else None,
+            attentions=vision_outputs.attentions,
+        )
+
+    def project_vision_features(self, vision_features: torch.FloatTensor) -> torch.FloatTensor:
+        """The linear projection (`llama_proj`): `(num_images, num_query_tokens, text_hidden_size)`."""
+        return self.language_projection(vision_features.to(self.language_projection.weight.dtype))
 
 
 class MiniGPT4ForConditionalGeneration(MiniVLMForConditionalGeneration, GenerationMixin):

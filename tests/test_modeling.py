@@ -162,6 +162,48 @@ def test_vision_feature_layers(layer):
     assert model(input_ids=ids, pixel_values=pixels(1)).logits.shape[1] == ids.shape[1]
 
 
+@pytest.mark.parametrize("vision", ["clip", "siglip"])
+@pytest.mark.parametrize("layer", [-2, -3, [-3, -2], 1, -1])
+def test_vision_tower_runs_only_the_layers_it_needs(vision, layer):
+    """Features equal the full tower's hidden state(s); the layers after the last one used never run, and with a
+    single layer of CLIP no hidden state is kept."""
+    model, _ = tiny_llava(vision=vision, vision_feature_layer=layer)
+    tower = model.model.vision_tower
+    layers = next(
+        module.layers for module in tower.modules() if isinstance(getattr(module, "layers", None), torch.nn.ModuleList)
+    )
+    calls = [0] * len(layers)
+    hooks = [
+        layer_.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, layer_ in enumerate(layers)
+    ]
+    with torch.no_grad():
+        features = model.model.get_vision_features(pixels(2)).pooler_output
+        full = tower(pixels(2), output_hidden_states=True).hidden_states  # called alone: the whole tower, as published
+    for hook in hooks:
+        hook.remove()
+    wanted = [layer] if isinstance(layer, int) else layer
+    expected = torch.cat([full[index] for index in wanted], dim=-1)
+    if model.config.vision_feature_select_strategy == "default":
+        expected = expected[:, 1:]
+    torch.testing.assert_close(features, expected, rtol=0, atol=0)
+    last_needed = max(1, *(index if index >= 0 else len(layers) + 1 + index for index in wanted))
+    assert calls[:last_needed] == [2] * last_needed  # in get_vision_features and in the stand-alone call
+    assert calls[last_needed:] == [1] * (len(layers) - last_needed)  # in the stand-alone call only
+
+
+def test_single_clip_feature_layer_keeps_no_hidden_states():
+    model, _ = tiny_llava(vision="clip", vision_feature_layer=-2)
+    seen = {}
+    hook = model.model.vision_tower.register_forward_hook(
+        lambda module, args, kwargs, output: seen.update(kwargs=kwargs, output=output), with_kwargs=True
+    )
+    with torch.no_grad():
+        model.model.get_vision_features(pixels(1))
+    hook.remove()
+    assert seen["kwargs"]["output_hidden_states"] is False and seen["output"].hidden_states is None
+
+
 def test_linear_projector_and_full_selection():
     model, tokenizer = tiny_llava(projector_type="linear", vision_feature_select_strategy="full")
     assert model.config.image_seq_length == 17  # 16 patches + CLS
