@@ -20,7 +20,10 @@ from minillava.train.packing import (
 
 
 def user(*parts):
-    return {"role": "user", "content": [{"type": "image"} if p is None else {"type": "text", "text": p} for p in parts]}
+    return {
+        "role": "user",
+        "content": [{"type": "image"} if p is None else {"type": "text", "text": p} for p in parts],
+    }
 
 
 def assistant(text):
@@ -169,3 +172,75 @@ def test_modality_grouping_keeps_image_and_text_batches_apart_and_cuts_padding()
     assert padding_fraction(lengths, batches) < 0.5 * padding_fraction(lengths, random_batches)
     sampler.set_epoch(1)
     assert list(sampler) != order
+
+
+# `minillava sft` with each batching: a LLaVA JSON mixing one-image, two-image and text-only samples of varied length.
+
+
+@pytest.fixture(scope="module")
+def mixed_data(tmp_path_factory):
+    from sft_helpers import llava_record, write_llava_dataset
+
+    records = []
+    for index in range(12):
+        if index % 4 == 3:
+            record = llava_record(index, image=None, question="Tell me about circles. " * (1 + index % 3))
+        elif index % 4 == 2:
+            record = llava_record(index, question="<image>\n<image>\nCompare them.")
+            record["image"] = [f"{index}.png", f"{index - 1}.png"]
+        else:
+            record = llava_record(index)
+        record["conversations"][1]["value"] *= 1 + index % 5
+        records.append(record)
+    path, images = write_llava_dataset(tmp_path_factory.mktemp("mixed"), records=records)
+    return ["--dataset_name", str(path), "--image_folder", str(images)]
+
+
+def sft(built, arch, data, tmp_path, *flags):
+    from sft_helpers import run_sft
+
+    trainer, _ = run_sft(
+        "tiny-cpu-instruct", *data, *flags, model_name_or_path=built[arch][0], output_dir=tmp_path, max_steps=3
+    )
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return trainer, losses
+
+
+@pytest.mark.parametrize("arch", ["llava-1.5", "minigpt4"])
+def test_sft_padding_free_logs_the_padded_runs_losses(built, mixed_data, tmp_path, arch):
+    """Same seed, same samples in each step: the padding-free run's losses are the padded run's."""
+    _, padded = sft(built, arch, mixed_data, tmp_path / "padded")
+    trainer, padding_free = sft(built, arch, mixed_data, tmp_path / "free", "--padding_free", "true")
+    assert len(padded) == len(padding_free) == 3
+    assert max(abs(a - b) for a, b in zip(padded, padding_free, strict=True)) <= 1e-4, (padded, padding_free)
+    batch = trainer.data_collator(
+        [trainer.train_dataset[i] for i in range(4)]
+    )  # what the model is given: no mask, restarting positions
+    assert "attention_mask" not in batch and (batch["position_ids"] == 0).sum() >= 4
+    card = (tmp_path / "free" / "README.md").read_text()
+    assert "padding-free (sdpa attention)" in card
+
+
+def test_sft_packing_fills_rows_and_trains(built, mixed_data, tmp_path):
+    trainer, losses = sft(built, "llava-1.5", mixed_data, tmp_path, "--packing", "true", "--max_length", "400")
+    assert len(losses) == 3 and all(loss > 0 for loss in losses)
+    loader = trainer.get_train_dataloader()
+    lengths = trainer.train_dataset["length"]
+    batches = list(loader.batch_sampler)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) > 2 for b in batches[:-1])  # two rows of up to 400 tokens hold more than two samples
+    assert "packed: rows of 400 tokens" in (tmp_path / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "flags", [["--group_by_modality_length", "true"], ["--train_sampling_strategy", "group_by_length"]]
+)
+def test_sft_grouped_sampling_runs_from_the_length_column(built, mixed_data, tmp_path, flags):
+    trainer, losses = sft(built, "llava-1.5", mixed_data, tmp_path, *flags)
+    assert len(losses) == 3
+    assert min(trainer.train_dataset["length"]) > 0
+
+
+def test_sft_refuses_packing_that_would_split_samples(built, mixed_data, tmp_path):
+    with pytest.raises(ValueError, match="packs whole samples"):
+        sft(built, "llava-1.5", mixed_data, tmp_path, "--packing", "true", "--packing_strategy", "wrapped")

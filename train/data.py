@@ -492,6 +492,7 @@ def _check_batch(
     batch: dict, processor, chat_template: str | None, max_length: int | None, require_image: bool
 ) -> dict:
     errors, kinds = list(batch["error"]), list(batch["error_kind"])
+    lengths = [0] * len(errors)
     to_measure = []
     for i, images in enumerate(batch["images"]):
         if errors[i] is not None:
@@ -501,7 +502,7 @@ def _check_batch(
             kinds[i], errors[i] = ("missing image" if "missing" in problem else "unreadable image"), problem
         elif require_image and not images:
             kinds[i], errors[i] = "no image", "a text-only sample has nothing to train in the align stage"
-        elif max_length is not None:
+        else:
             to_measure.append(i)
     if to_measure:
         texts = processor.apply_chat_template(
@@ -512,17 +513,22 @@ def _check_batch(
         for i, ids in zip(to_measure, token_ids, strict=True):
             num_images = len(batch["images"][i])
             rendered = sum(1 for token in ids if token == image_token_id)
-            length = len(ids) + rendered * (processor.num_image_tokens - 1)
+            lengths[i] = len(ids) + rendered * (processor.num_image_tokens - 1)
             if rendered != num_images:
                 kinds[i] = "placeholder mismatch"
                 errors[i] = f"the chat template writes {rendered} image placeholder(s) for {num_images} image(s)"
-            elif length > max_length:
+            elif max_length is not None and lengths[i] > max_length:
                 kinds[i] = "too long"
                 errors[i] = (
-                    f"{length} tokens ({rendered * processor.num_image_tokens} of them image tokens) exceed "
+                    f"{lengths[i]} tokens ({rendered * processor.num_image_tokens} of them image tokens) exceed "
                     f"max_length={max_length}; samples are skipped rather than truncated into"
                 )
-    return {"error": errors, "error_kind": kinds}
+    return {
+        "error": errors,
+        "error_kind": kinds,
+        "length": lengths,
+        "num_images": [len(images) for images in batch["images"]],
+    }
 
 
 def check_samples(
@@ -535,7 +541,8 @@ def check_samples(
 ):
     """Fills the `error` column of sample rows: image files missing or unreadable (header), text-only samples where
     an image is required, and samples longer than `max_length` once rendered with `chat_template` and their image
-    placeholders expanded."""
+    placeholders expanded. Adds `length` (tokens, image tokens included: what transformers' `group_by_length` and
+    minillava's packing and modality grouping read) and `num_images`."""
     return dataset.map(
         _check_batch,
         batched=True,
@@ -579,6 +586,8 @@ def load_image(ref: dict[str, Any]) -> PILImage.Image:
 def decode_images(batch: dict) -> dict:
     """`Dataset.with_transform` function: decodes each row's images to PIL; a row whose image fails to decode gets
     no images and an `image_error` for the collator to report."""
+    if "images" not in batch:  # a column read (`dataset["length"]`)
+        return batch
     images, errors = [], []
     for refs in batch["images"]:
         try:

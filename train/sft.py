@@ -91,6 +91,13 @@ class SFTScriptArguments(ScriptArguments):
         default=None,
         metadata={"help": "Learning rate of the connector (LLaVA's mm_projector_lr); defaults to learning_rate."},
     )
+    group_by_modality_length: bool = field(
+        default=False,
+        metadata={
+            "help": "LLaVA's sampler: image and text-only samples in separate batches, samples of similar length "
+            "together (transformers' --train_sampling_strategy group_by_length also works: samples carry a length)."
+        },
+    )
     chat_template_name: str | None = field(
         default=None,
         metadata={
@@ -152,7 +159,9 @@ def train(
         training_args (`trl.SFTConfig`): the Trainer's arguments. `assistant_only_loss` is always on (the loss is on
             the assistant turns and their end-of-turn token, computed from the chat template's `{% generation %}`
             markers by TRL's vision collator) and `remove_unused_columns` off (sample ids reach the collator).
-            `max_length` is checked before training: longer samples are skipped, never truncated.
+            `max_length` is checked before training: longer samples are skipped, never truncated. `padding_free` lays
+            each batch out without padding and `packing` (strategy `bfd`) fills rows of `max_length` tokens from the
+            whole dataset (see [`minillava.train.packing`]): TRL itself refuses both for vision datasets.
         model_args (`trl.ModelConfig`): the model (`model_name_or_path`: a built or stage-1 folder, or a Hub id),
             `dtype`, and the LoRA (`use_peft`, `lora_r`, ...) and quantization (`load_in_4bit`, ...) settings.
         train_dataset (`datasets.Dataset`, *optional*): `messages` + `images` rows used instead of
@@ -165,6 +174,7 @@ def train(
     import minillava.modeling  # noqa: F401  (registers the minillava classes with the Auto classes)
     from minillava.processing import MiniLlavaProcessor
     from minillava.train.data import DataCollatorWithSampleChecks
+    from minillava.train.packing import PaddingFreeCollator
     from minillava.train.recipes import (
         arch_modules,
         keep_frozen_in_eval_mode,
@@ -194,6 +204,16 @@ def train(
     # template's {% generation %} markers.
     training_args.assistant_only_loss = True
     training_args.remove_unused_columns = False
+    # TRL refuses packing and padding-free for vision datasets; minillava's sampler and collator do them.
+    packing, padding_free = training_args.packing, training_args.padding_free or training_args.packing
+    if packing and training_args.packing_strategy != "bfd":
+        raise ValueError(
+            f"--packing_strategy {training_args.packing_strategy} would split samples (and their images) across "
+            "rows; minillava packs whole samples: use --packing_strategy bfd."
+        )
+    if packing and script_args.group_by_modality_length:
+        raise ValueError("Choose --packing or --group_by_modality_length: packed rows are filled across modalities.")
+    training_args.packing = training_args.padding_free = False
 
     name = model_args.model_name_or_path
     processor = MiniLlavaProcessor.from_pretrained(name, revision=model_args.model_revision)
@@ -257,16 +277,32 @@ def train(
     else:
         set_trainable(model, stage, tune_vision_tower=script_args.tune_vision_tower)
 
-    collator = DataCollatorWithSampleChecks(
-        DataCollatorForVisionLanguageModeling(
-            processor,
-            max_length=None,  # every sample was checked against max_length: nothing is ever truncated
-            pad_to_multiple_of=training_args.pad_to_multiple_of,
-            assistant_only_loss=True,
-            chat_template=chat_template,
-        ),
-        strict=script_args.strict,
+    collator = DataCollatorForVisionLanguageModeling(
+        processor,
+        max_length=None,  # every sample was checked against max_length: nothing is ever truncated
+        pad_to_multiple_of=None if padding_free else training_args.pad_to_multiple_of,
+        assistant_only_loss=True,
+        chat_template=chat_template,
     )
+    batching = "padded"
+    if padding_free:
+        attention = model.config.get_text_config()._attn_implementation or ""
+        collator = PaddingFreeCollator(
+            collator,
+            image_token_id=processor.image_token_id,
+            num_image_tokens=processor.num_image_tokens,
+            pad_token_id=processor.tokenizer.pad_token_id or processor.tokenizer.eos_token_id,
+            max_length=training_args.max_length,
+            flash_attention="flash" in attention,
+        )
+        batching = f"padding-free ({attention} attention)"
+        if packing:
+            batching = f"packed: rows of {training_args.max_length} tokens, best-fit decreasing, {batching}"
+    elif script_args.group_by_modality_length:
+        batching = "grouped by modality and length (LLaVA's group_by_modality_length)"
+    elif getattr(training_args, "train_sampling_strategy", None) == "group_by_length":
+        batching = "grouped by length"
+    collator = DataCollatorWithSampleChecks(collator, strict=script_args.strict)
     trainer = MiniLlavaSFTTrainer(
         model=model,
         args=training_args,
@@ -277,7 +313,10 @@ def train(
         peft_config=peft_config,
         callbacks=callbacks,
         connector_lr=script_args.connector_lr,
+        packing=packing,
+        group_by_modality_length=script_args.group_by_modality_length,
         run_info={
+            "batching": batching,
             "stage": stage,
             "model_name_or_path": name,
             "dataset_name": script_args.dataset_name if train_dataset is None else "in-memory dataset",

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
+from torch.utils.data import DataLoader
+from transformers.trainer_utils import seed_worker
 from trl import SFTTrainer
 
 from minillava.modeling import MiniVLMForConditionalGeneration
 from minillava.processing import MiniLlavaProcessor
 from minillava.train.build import save
+from minillava.train.packing import ModalityLengthGroupedSampler, PackedBatchSampler
 from minillava.train.recipes import arch_modules
 
 
@@ -28,21 +32,78 @@ class MiniLlavaSFTTrainer(SFTTrainer):
     - every full-model save (final or checkpoint) goes through [`minillava.train.build.save`]: safetensors weights,
       processor, chat template and the code files, so each saved folder loads with `trust_remote_code=True`;
     - pushes during training also carry the code files (the Trainer only copies weights and configs);
-    - a model card with the base components, stage, data, hyperparameters, final metrics and how to load.
+    - a model card with the base components, stage, data, hyperparameters, final metrics and how to load;
+    - batches packed from the whole dataset (`packing`) or grouped by modality and length, from the dataset's
+      `length` and `num_images` columns (see [`minillava.train.packing`]).
 
     Args:
         connector_lr (`float`, *optional*):
             Learning rate of the connector's parameters; the others use `args.learning_rate`.
+        packing (`bool`, *optional*, defaults to `False`):
+            Batches of `per_device_train_batch_size` rows of at most `args.max_length` tokens, filled by best-fit
+            decreasing ([`PackedBatchSampler`]); the data collator must lay them out without padding
+            ([`PaddingFreeCollator`]).
+        group_by_modality_length (`bool`, *optional*, defaults to `False`):
+            LLaVA's sampler: image and text-only samples in separate batches, similar lengths together.
         run_info (`dict`, *optional*):
             What the model card reports about the run: `stage`, `model_name_or_path`, `dataset_name`,
             `dataset_format`, `num_samples`, `num_skipped`, `quantization`, `tune_vision_tower`.
         *args, **kwargs: as for [`~trl.SFTTrainer`].
     """
 
-    def __init__(self, *args, connector_lr: float | None = None, run_info: dict[str, Any] | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        connector_lr: float | None = None,
+        run_info: dict[str, Any] | None = None,
+        packing: bool = False,
+        group_by_modality_length: bool = False,
+        **kwargs,
+    ):
         self.connector_lr = connector_lr
         self.run_info = dict(run_info or {})
+        self.packing = packing
+        self.group_by_modality_length = group_by_modality_length
+        if packing and group_by_modality_length:
+            raise ValueError("Choose packing or group_by_modality_length: packed rows are filled across modalities.")
         super().__init__(*args, **kwargs)
+        if packing and self.args.max_length is None:
+            raise ValueError("Packing needs max_length: it is the number of tokens of a packed row.")
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.group_by_modality_length:
+            return ModalityLengthGroupedSampler(
+                dataset["length"],
+                [count > 0 for count in dataset["num_images"]],
+                batch_size=self.args.per_device_train_batch_size,
+                seed=self.args.seed,
+            )
+        return super()._get_train_sampler(train_dataset)
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The Trainer's data loader; with `packing`, over the batches of a [`PackedBatchSampler`]."""
+        if not self.packing:
+            return super().get_train_dataloader()
+        sampler = PackedBatchSampler(
+            self.train_dataset["length"],
+            max_length=self.args.max_length,
+            rows_per_batch=self.args.per_device_train_batch_size,
+            seed=self.args.seed,
+            drop_last=self.args.dataloader_drop_last,
+        )
+        workers = self.args.dataloader_num_workers
+        dataloader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
+            worker_init_fn=partial(seed_worker, num_workers=workers, rank=self.args.process_index),
+        )
+        return self.accelerator.prepare(dataloader)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The Trainer's optimizer, with the connector's parameters in groups of their own at `connector_lr`."""
@@ -189,6 +250,7 @@ def model_card(
         "optimizer": _plain(args.optim),
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "gradient checkpointing": args.gradient_checkpointing,
+        "batches": info.get("batching", "padded"),
         "seed": args.seed,
     }
     if is_adapter:
