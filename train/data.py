@@ -655,7 +655,7 @@ class DataCollatorWithSampleChecks:
                 logger.warning("Skipping %s", sample)
                 self.skipped.append(sample)
             else:
-                good.append({"messages": example["messages"], "images": example["images"]})
+                good.append({key: example[key] for key in ("messages", "images", "image_hashes") if key in example})
         if good:
             self._previous = good
             return self.collator(good)

@@ -23,6 +23,10 @@ import torch
 from torch.utils.data import Sampler
 
 
+# The batch keys that hold one entry per image (the pixels, or the cached features of `feature_cache`).
+IMAGE_KEYS = ("pixel_values", "vision_features")
+
+
 def best_fit_decreasing(lengths: Sequence[int], capacity: int, seed: int | None = None) -> list[list[int]]:
     """Packs items (by index) into bins holding at most `capacity` tokens: longest first, each into the fullest bin
     it fits. Items of equal length are taken in a seeded random order (`seed=None`: by index). An item longer than
@@ -140,7 +144,8 @@ class PaddingFreeCollator:
     otherwise be trained to predict.
 
     Args:
-        collator: the padding collator (its batch has `input_ids`, `attention_mask`, `labels`, `pixel_values`).
+        collator: the padding collator (its batch has `input_ids`, `attention_mask`, `labels`, and `pixel_values` or
+            cached `vision_features`).
         image_token_id, num_image_tokens: the image placeholder and how many of them each image fills.
         pad_token_id: the id the last row's pad segment is filled with (never attended to, never in the loss).
         max_length: the tokens of a row; None for a single row.
@@ -156,7 +161,7 @@ class PaddingFreeCollator:
 
     def __call__(self, examples: list[dict]) -> dict:
         padded = self.collator(examples)
-        unknown = set(padded) - {"input_ids", "attention_mask", "labels", "pixel_values"}
+        unknown = set(padded) - {"input_ids", "attention_mask", "labels", *IMAGE_KEYS}
         if unknown:
             raise ValueError(f"PaddingFreeCollator cannot lay out the batch keys {sorted(unknown)}")
         keep = padded["attention_mask"].bool()
@@ -182,11 +187,12 @@ class PaddingFreeCollator:
         batch_labels[position_ids == 0] = -100
         batch = {"input_ids": batch_ids, "labels": batch_labels, "position_ids": position_ids}
 
-        if "pixel_values" in padded:
-            images = [int((sample == self.image_token_id).sum()) // self.num_image_tokens for sample in ids]
-            first = [0, *torch.tensor(images).cumsum(0).tolist()]
-            order = [image for row in rows for i in row for image in range(first[i], first[i + 1])]
-            batch["pixel_values"] = padded["pixel_values"][order]
+        images = [int((sample == self.image_token_id).sum()) // self.num_image_tokens for sample in ids]
+        first = [0, *torch.tensor(images).cumsum(0).tolist()]
+        order = [image for row in rows for i in row for image in range(first[i], first[i + 1])]
+        for key in IMAGE_KEYS:
+            if key in padded:
+                batch[key] = padded[key][order]
         if self.flash_attention:
             starts = (position_ids[0] == 0).nonzero().flatten()
             cu_seq_lens = torch.cat([starts, torch.tensor([width])]).to(torch.int32)

@@ -98,6 +98,14 @@ class SFTScriptArguments(ScriptArguments):
             "together (transformers' --train_sampling_strategy group_by_length also works: samples carry a length)."
         },
     )
+    cache_image_features: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of cached image features: while the front end is frozen (MiniGPT-4's ViT + Q-Former, "
+            "LLaVA's tower), each image's features are computed once, before training, and read from disk after "
+            "(this run's later epochs and later runs); the disk cost is reported first."
+        },
+    )
     chat_template_name: str | None = field(
         default=None,
         metadata={
@@ -173,7 +181,15 @@ def train(
 
     import minillava.modeling  # noqa: F401  (registers the minillava classes with the Auto classes)
     from minillava.processing import MiniLlavaProcessor
-    from minillava.train.data import DataCollatorWithSampleChecks
+    from minillava.train.data import DataCollatorWithSampleChecks, decode_images, load_image
+    from minillava.train.feature_cache import (
+        CachedFeaturesCollator,
+        ImageFeatureCache,
+        add_image_hashes,
+        check_frozen,
+        fill_cache,
+        model_fingerprint,
+    )
     from minillava.train.packing import PaddingFreeCollator
     from minillava.train.recipes import (
         arch_modules,
@@ -284,6 +300,17 @@ def train(
         assistant_only_loss=True,
         chat_template=chat_template,
     )
+    feature_cache = None
+    if script_args.cache_image_features:
+        if script_args.tune_vision_tower:
+            raise ValueError("--cache_image_features needs a frozen vision tower; --tune_vision_tower trains it.")
+        with training_args.main_process_first(desc="hashing images"):
+            rows = add_image_hashes(dataset.with_format(None), training_args.dataset_num_proc)
+        dataset = rows.with_transform(decode_images)
+        feature_cache = ImageFeatureCache(
+            script_args.cache_image_features, model_fingerprint(model, processor.image_processor)
+        )
+        collator = CachedFeaturesCollator(collator, feature_cache)
     batching = "padded"
     if padding_free:
         attention = model.config.get_text_config()._attn_implementation or ""
@@ -329,6 +356,10 @@ def train(
     )
     if trainer.run_info["dataset_format"] is None:
         trainer.run_info["dataset_format"] = infer_format(script_args.dataset_name)
+    if feature_cache is not None:
+        check_frozen(trainer.model)
+        with training_args.main_process_first(desc="caching image features"):
+            trainer.run_info["feature_cache"] = fill_cache(feature_cache, rows, trainer.model, processor, load_image)
 
     result = trainer.train(resume_from_checkpoint=_resume_value(training_args.resume_from_checkpoint))
     if training_args.push_to_hub:
