@@ -244,3 +244,34 @@ def test_sft_grouped_sampling_runs_from_the_length_column(built, mixed_data, tmp
 def test_sft_refuses_packing_that_would_split_samples(built, mixed_data, tmp_path):
     with pytest.raises(ValueError, match="packs whole samples"):
         sft(built, "llava-1.5", mixed_data, tmp_path, "--packing", "true", "--packing_strategy", "wrapped")
+
+
+def test_packed_run_resumes_on_the_same_batches(built, mixed_data, tmp_path):
+    """Killed at step 4 and resumed: the same packed batches follow (across an epoch boundary), so the losses and
+    weights are the uninterrupted run's."""
+    from sft_helpers import run_sft
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise KeyboardInterrupt("killed at step 4")
+
+    flags = ["--packing", "true", "--max_length", "300", "--per_device_train_batch_size", "1"]
+    common = {"model_name_or_path": built["llava-1.5"][0], "max_steps": 8, "learning_rate": 1e-3}
+    straight, _ = run_sft("tiny-cpu-instruct", *mixed_data, *flags, **common, output_dir=tmp_path / "straight")
+    assert len(straight.get_train_dataloader()) < 8  # more than one epoch
+    checkpointing = {"output_dir": tmp_path / "killed", "save_strategy": "steps", "save_steps": 4}
+    with pytest.raises(KeyboardInterrupt):
+        run_sft("tiny-cpu-instruct", *mixed_data, *flags, **common, **checkpointing, callbacks=[Crash()])
+    resumed, _ = run_sft(
+        "tiny-cpu-instruct", *mixed_data, *flags, **common, **checkpointing, resume_from_checkpoint="true"
+    )
+
+    def losses(trainer):
+        return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+    assert losses(resumed)[-4:] == pytest.approx(losses(straight)[-4:], rel=1e-5)
+    expected = dict(straight.model.named_parameters())
+    for name, param in resumed.model.named_parameters():
+        torch.testing.assert_close(param, expected[name], atol=1e-6, rtol=1e-5, msg=name)
