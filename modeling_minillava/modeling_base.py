@@ -161,8 +161,9 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
     @can_return_tuple
     def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
         """The vision outputs of `get_vision_features`, with the connector's image features as `pooler_output`:
-        `(num_images, image_seq_length, text_hidden_size)`, as transformers 5's VLMs return them."""
-        vision_outputs = self.get_vision_features(pixel_values, return_dict=True, **kwargs)
+        `(num_images, image_seq_length, text_hidden_size)`, as transformers 5's VLMs return them (the whole vision
+        tower runs; `forward` runs only the layers the features need)."""
+        vision_outputs = self.get_vision_features(pixel_values, return_dict=True, whole_tower=True, **kwargs)
         return BaseModelOutputWithPooling(
             last_hidden_state=vision_outputs.last_hidden_state,
             pooler_output=self.project_vision_features(vision_outputs.pooler_output),
@@ -226,11 +227,12 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         image_outputs = None
         if pixel_values is not None and vision_features is not None:
             raise ValueError("Pass the images either as `pixel_values` or as `vision_features`, not both.")
+        if pixel_values is not None:  # only the tower layers the features need run, unlike `get_image_features`
+            image_outputs = self.get_vision_features(pixel_values, return_dict=True)
+            vision_features = image_outputs.pooler_output
         if vision_features is not None:
-            image_outputs = BaseModelOutputWithPooling(pooler_output=self.project_vision_features(vision_features))
-        elif pixel_values is not None:
-            image_outputs = self.get_image_features(pixel_values, return_dict=True)
-        if image_outputs is not None:
+            projected = self.project_vision_features(vision_features)
+            image_outputs = BaseModelOutputWithPooling(**{**(image_outputs or {}), "pooler_output": projected})
             image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
             special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(special_image_mask, image_features)

@@ -102,21 +102,27 @@ class MiniLlavaModel(MiniVLMModel):
         vision_feature_select_strategy: str | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
+        whole_tower: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """The selected hidden state(s) of the vision tower, before the projector, as `pooler_output`:
         `(num_images, image_seq_length, vision_hidden_size * num_feature_layers)`.
 
-        The tower runs up to the last layer selected and no further; every hidden state is kept only when asked for
-        (`output_hidden_states`) or needed (several feature layers, or a tower that normalises its last state)."""
+        The tower runs up to the last layer selected and no further (its `last_hidden_state` is then the last state
+        it computed), unless `whole_tower` or its hidden states or attentions are asked for; every hidden state is
+        kept only when asked for or needed (several feature layers, or a tower that normalises its last state)."""
         layers = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         if output_hidden_states is None:
             output_hidden_states = getattr(self.config.vision_config, "output_hidden_states", False)
+        if output_attentions is None and getattr(self.config.vision_config, "output_attentions", False):
+            output_attentions = True
         num_layers = self.config.vision_config.num_hidden_layers
         indices = absolute_feature_layers(layers, num_layers)
-        encoder_layers = self._vision_encoder_layers()
-        # at least one layer: with none, transformers 5 records no hidden state at all (not even the embeddings)
+        # the whole tower when its per-layer outputs are asked for; otherwise at least one layer (with none,
+        # transformers 5 records no hidden state at all, not even the embeddings)
+        whole_tower = whole_tower or output_hidden_states or output_attentions
+        encoder_layers = None if whole_tower else self._vision_encoder_layers()
         run = max(*indices, 1) if encoder_layers is not None else num_layers
         from_last_state = (
             len(indices) == 1
