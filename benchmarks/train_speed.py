@@ -106,7 +106,7 @@ def make_models(folder: Path, seed: int = 0) -> dict[str, Path]:
     )
     lm.save_pretrained(parts / "lm")
     tokenizer.save_pretrained(parts / "lm")
-    vision = dict(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_size=128, intermediate_size=512)
+    vision = {"image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "hidden_size": 128, "intermediate_size": 512}
     CLIPVisionModel(CLIPVisionConfig(**vision, num_hidden_layers=4, num_attention_heads=4)).save_pretrained(
         parts / "clip"
     )
@@ -123,7 +123,11 @@ def make_models(folder: Path, seed: int = 0) -> dict[str, Path]:
                 "vocab_size": 99,
             },
             text_config=OPTConfig(
-                vocab_size=99, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+                vocab_size=99,
+                hidden_size=16,
+                num_hidden_layers=1,
+                ffn_dim=32,
+                num_attention_heads=2,
                 word_embed_proj_dim=16,
             ).to_dict(),  # fmt: skip
             num_query_tokens=32,
@@ -261,22 +265,22 @@ def training_args(output_dir: str, sizes: Sizes, **overrides):
     """The Trainer's arguments of every run: the same seed, optimiser and schedule; fp32 (CPU)."""
     from trl import SFTConfig
 
-    settings = dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=sizes.batch_size,
-        num_train_epochs=1,
-        learning_rate=2e-5,
-        lr_scheduler_type="constant",
-        bf16=False,
-        max_length=sizes.max_length,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
-        data_seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    settings = {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": sizes.batch_size,
+        "num_train_epochs": 1,
+        "learning_rate": 2e-5,
+        "lr_scheduler_type": "constant",
+        "bf16": False,
+        "max_length": sizes.max_length,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 0,
+        "data_seed": 0,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
     return SFTConfig(**{**settings, **overrides})
 
 
@@ -388,11 +392,12 @@ def generation_speed(models: dict[str, Path], samples: list[dict], sizes: Sizes)
             for name, (model, folder) in loaded.items():
                 processor = AutoProcessor.from_pretrained(folder)
                 processor.tokenizer.padding_side = "left"
-                prompts = [
-                    processor.apply_chat_template(s["messages"][:1], add_generation_prompt=True) for s in batch
-                ]
+                prompts = [processor.apply_chat_template(s["messages"][:1], add_generation_prompt=True) for s in batch]
                 inputs = processor(
-                    images=[s["images"] for s in batch], text=prompts, return_tensors="pt", padding=True,
+                    images=[s["images"] for s in batch],
+                    text=prompts,
+                    return_tensors="pt",
+                    padding=True,
                     add_special_tokens=False,  # the chat template writes <s>
                 )
                 model.eval()
@@ -403,9 +408,7 @@ def generation_speed(models: dict[str, Path], samples: list[dict], sizes: Sizes)
                 timings[name].append(time.perf_counter() - start)
                 outputs[name] = generated[:, inputs["input_ids"].shape[1] :].tolist()
         results[f"batch_{batch_size}"] = {
-            **{
-                f"{name}_tokens_per_s": batch_size * sizes.new_tokens / min(times) for name, times in timings.items()
-            },
+            **{f"{name}_tokens_per_s": batch_size * sizes.new_tokens / min(times) for name, times in timings.items()},
             "ratio": min(timings["native"]) / min(timings["minillava"]),
             "same_tokens": outputs["minillava"] == outputs["native"],
         }
@@ -433,7 +436,7 @@ def vision_share_at_7b() -> dict[str, dict[str, float]]:
     layers up to -2, 576 image tokens) and MiniGPT-4-7B (EVA ViT-g/224 and a 12-layer Q-Former, 32 image tokens),
     on Vicuna-7B. A trained module costs 3x its forward (forward, input and weight gradients); a frozen LM that
     gradients flow through to the connector 2x; a frozen front end 1x (no backward)."""
-    vicuna = dict(layers=32, hidden=4096, mlp=11008, vocab=32000)
+    vicuna = {"layers": 32, "hidden": 4096, "mlp": 11008, "vocab": 32000}
     clip = vit_forward_flops(layers=23, hidden=1024, mlp=4096, tokens=577)
     eva = vit_forward_flops(layers=39, hidden=1408, mlp=6144, tokens=257)
     # Q-Former: 12 layers of self-attention over 32 queries, cross-attention to 257 ViT tokens every other layer
@@ -508,7 +511,9 @@ def summarize(runs: dict[str, list[dict]], num_samples: int, real_tokens: int) -
 def print_report(report: dict) -> None:
     print(f"\n{report['machine']}")
     print(f"{report['num_samples']} samples ({report['real_tokens']} real tokens), rounds: {report['rounds']}\n")
-    header = f"{'run':<22}{'samples/s':>10}{'x native':>9}{'tokens/s':>10}{'padding':>9}{'peak MiB':>10}{'x native':>9}"
+    header = (
+        f"{'run':<22}{'samples/s':>10}{'x native':>9}{'tokens/s':>10}{'padding':>9}{'peak MiB':>10}{'x native':>9}"
+    )
     print(header)
     for config, row in report["training"].items():
         print(
@@ -581,7 +586,9 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--output_dir", default="benchmark-results")
     parser.add_argument("--quick", action="store_true", help="Fewer samples and one round (a smoke test).")
     parser.add_argument("--configs", default=",".join(CONFIGS + EXTRA_CONFIGS), help="Comma-separated runs.")
