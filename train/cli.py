@@ -10,6 +10,7 @@ import sys
 COMMANDS = {
     "build": ("minillava.train.build", "compose a model and processor from a vision encoder and a causal LM"),
     "sft": ("minillava.train.sft", "train a stage (align / instruct) with TRL's SFTTrainer"),
+    "push": ("minillava.train.push", "upload a trained output folder to the Hub (retried, no pickles)"),
     "merge": ("minillava.train.merge", "merge a LoRA adapter into a full model"),
     "convert": ("minillava.train.convert", "convert llava-hf, original LLaVA and MiniGPT-4 checkpoints"),
     "demo": ("minillava.train.demo", "offline two-stage demo for both architectures on a synthetic world"),

@@ -43,13 +43,18 @@ minillava sft --config tiny-cpu-instruct --model_name_or_path tiny-built \
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
+from minillava.train.checkpoints import PARTIAL_PREFIX, last_complete_checkpoint
 from minillava.train.data import DATASET_FORMATS, infer_format, load_sft_dataset
+from minillava.train.output_dir import RunLock, check_output_dir
+from minillava.train.push import PushError
 from minillava.train.recipes import STAGES, check_stage, resolve_recipe
 
 
@@ -106,6 +111,20 @@ class SFTScriptArguments(ScriptArguments):
             "(this run's later epochs and later runs); the disk cost is reported first."
         },
     )
+    hub_push_retries: int = field(
+        default=10,
+        metadata={"help": "Attempts after the first when a push meets a transient Hub error (5xx, 429, a dropped "
+                  "connection)."},
+    )  # fmt: skip
+    hub_push_backoff: float = field(
+        default=2.0,
+        metadata={"help": "Seconds before the first retry of a push, doubled each time (Retry-After when sent)."},
+    )
+    if "overwrite_output_dir" not in SFTConfig.__dataclass_fields__:  # transformers 5 removed the Trainer's flag
+        overwrite_output_dir: bool = field(
+            default=False,
+            metadata={"help": "Train into an --output_dir that holds another run's results, replacing them."},
+        )
     chat_template_name: str | None = field(
         default=None,
         metadata={
@@ -144,6 +163,28 @@ def _resume_value(value: str | bool | None) -> str | bool | None:
     return value
 
 
+def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
+    """The checkpoint a run resumes from: `value` when it is a path, the newest complete `checkpoint-N` of
+    `output_dir` when it is true (newer incomplete ones are named and skipped; none: a `ValueError`), else None."""
+    value = _resume_value(value)
+    if value is not True:
+        return value
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is None:
+        raise ValueError(
+            f"No valid checkpoint found in {output_dir} to resume from (no checkpoint-N folder that is complete); "
+            "pass a checkpoint folder, or leave out --resume_from_checkpoint to start from the beginning."
+        )
+    logger.info("Resuming from %s.", checkpoint)
+    return str(checkpoint)
+
+
+def _remove_partial_saves(output_dir: str) -> None:
+    for path in sorted(Path(output_dir).glob(f"{PARTIAL_PREFIX}*")):
+        logger.warning("Removing %s, a save that did not finish (the run was stopped during it).", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _quantization_summary(model_args: ModelConfig) -> str | None:
     if model_args.load_in_4bit:
         double = ", double quantization" if model_args.use_bnb_nested_quant else ""
@@ -175,7 +216,27 @@ def train(
         train_dataset (`datasets.Dataset`, *optional*): `messages` + `images` rows used instead of
             `script_args.dataset_name`.
         callbacks (`list[TrainerCallback]`, *optional*): extra Trainer callbacks.
+
+    One run owns `output_dir` (a lock file with its pid and host; a second live run is refused), and a folder that
+    holds another run's results is refused unless the run resumes (`resume_from_checkpoint`: a path, or true for the
+    newest complete checkpoint) or `overwrite_output_dir` is given. A final push that fails after its retries raises
+    [`PushError`] once the model is saved locally.
     """
+    resume = _resume_value(training_args.resume_from_checkpoint)
+    overwrite = getattr(script_args, "overwrite_output_dir", False) or getattr(
+        training_args, "overwrite_output_dir", False
+    )
+    lock = nullcontext()
+    if training_args.should_save:
+        check_output_dir(training_args.output_dir, overwrite=overwrite, resume=bool(resume))
+        lock = RunLock(training_args.output_dir)
+    with lock:
+        if training_args.should_save:
+            _remove_partial_saves(training_args.output_dir)
+        return _train(script_args, training_args, model_args, train_dataset, callbacks)
+
+
+def _train(script_args, training_args, model_args, train_dataset, callbacks):
     from transformers import AutoConfig, AutoModelForImageTextToText
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
@@ -342,6 +403,8 @@ def train(
         connector_lr=script_args.connector_lr,
         packing=packing,
         group_by_modality_length=script_args.group_by_modality_length,
+        hub_push_retries=script_args.hub_push_retries,
+        hub_push_backoff=script_args.hub_push_backoff,
         run_info={
             "batching": batching,
             "stage": stage,
@@ -361,9 +424,18 @@ def train(
         with training_args.main_process_first(desc="caching image features"):
             trainer.run_info["feature_cache"] = fill_cache(feature_cache, rows, trainer.model, processor, load_image)
 
-    result = trainer.train(resume_from_checkpoint=_resume_value(training_args.resume_from_checkpoint))
+    result = trainer.train(
+        resume_from_checkpoint=resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    )
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)  # saves to output_dir, writes the card, pushes
+        try:
+            trainer.push_to_hub(dataset_name=script_args.dataset_name)  # saves to output_dir, writes the card, pushes
+        except Exception as error:
+            raise PushError(training_args.output_dir, trainer.hub_model_id, error) from error
+        if trainer.failed_pushes:
+            logger.warning(
+                "%d push(es) during training failed; the final push uploaded everything.", len(trainer.failed_pushes)
+            )
     else:
         trainer.save_model(training_args.output_dir)
         trainer.create_model_card()
@@ -377,7 +449,11 @@ def main(argv: list[str] | None = None) -> None:
         index = argv.index("--config") + 1
         argv[index] = resolve_recipe(argv[index])
     script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
-    trainer, _ = train(script_args, training_args, model_args)
+    try:
+        trainer, _ = train(script_args, training_args, model_args)
+    except PushError as error:
+        print(f"minillava sft: {error}", file=sys.stderr)
+        sys.exit(1)
     trainer.accelerator.print(f"Saved to {training_args.output_dir}")
     if training_args.push_to_hub:
         trainer.accelerator.print(f"Pushed to the Hub: {trainer.hub_model_id}")
@@ -389,4 +465,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["SFTScriptArguments", "main", "make_parser", "train", "training_chat_template"]
+__all__ = ["SFTScriptArguments", "main", "make_parser", "resume_checkpoint", "train", "training_chat_template"]

@@ -1,9 +1,16 @@
-"""TRL's SFTTrainer for minillava models: a connector learning rate, self-contained saves and pushes, a model card."""
+"""TRL's SFTTrainer for minillava models: a connector learning rate, self-contained saves and pushes, a model card,
+checkpoints that a kill or a full disk cannot leave half-written, and pushes that survive a failing Hub."""
 
 from __future__ import annotations
 
+import errno
+import fnmatch
+import json
+import logging
 import os
+import re
 import shutil
+from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -11,18 +18,71 @@ from typing import Any
 import torch
 from accelerate.utils import is_peft_model
 from torch.utils.data import DataLoader
-from transformers.trainer_utils import seed_worker
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, SaveStrategy, seed_worker
+from transformers.utils.hub import PushInProgress
 from trl import SFTTrainer
 
 from minillava.modeling import MiniVLMForConditionalGeneration
 from minillava.processing import MiniLlavaProcessor
 from minillava.train.build import save
+from minillava.train.checkpoints import PARTIAL_PREFIX, RESUME_STATE_FILES
 from minillava.train.packing import ModalityLengthGroupedSampler, PackedBatchSampler
+from minillava.train.push import upload_folder
 from minillava.train.recipes import arch_modules
 
 
-TRAINING_ARGS_NAME = "training_args.bin"  # transformers.trainer.TRAINING_ARGS_NAME
+logger = logging.getLogger(__name__)
+
+PICKLED_ARGS_NAME = "training_args.bin"  # transformers.trainer.TRAINING_ARGS_NAME: a pickle, never left in a folder
+TRAINING_ARGS_NAME = "training_args.json"  # the arguments as JSON, secrets removed
 ARCH_NAMES = {"minillava": "llava-1.5", "minillava_minigpt4": "minigpt4"}
+SECRET_KEY = re.compile(r"secret|password|api_?key|access_key|_token$", re.IGNORECASE)
+
+
+def training_args_json(args) -> str:
+    """The training arguments as JSON without a secret: transformers' `to_dict` masks the `*_token` fields; other
+    secret-named keys are masked too, and so is the value of every Hub token this process knows, wherever it is."""
+    from huggingface_hub import get_token
+
+    secrets = {value for value in (args.hub_token, os.environ.get("HF_TOKEN"), get_token()) if value}
+
+    def scrub(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: scrub(v, str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [scrub(v) for v in value]
+        if SECRET_KEY.search(key) and value not in (None, "", False):
+            return f"<{key.upper()}>"
+        if isinstance(value, str):
+            for secret in secrets:
+                value = value.replace(secret, "<HF_TOKEN>")
+        return value
+
+    return json.dumps(scrub(args.to_dict()), indent=2, sort_keys=True, default=str) + "\n"
+
+
+def save_training_args(args, folder: str | os.PathLike) -> None:
+    """Writes `training_args.json` (see [`training_args_json`]) in `folder` and removes any pickled copy."""
+    folder = Path(folder)
+    partial_file = folder / f"_{TRAINING_ARGS_NAME}.tmp"
+    partial_file.write_text(training_args_json(args), encoding="utf-8")
+    os.replace(partial_file, folder / TRAINING_ARGS_NAME)
+    (folder / PICKLED_ARGS_NAME).unlink(missing_ok=True)
+
+
+def _out_of_space(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if isinstance(seen, RuntimeError) and ("write failed" in str(seen) or "No space left" in str(seen)):
+            return True  # torch.save's zip writer reports a full disk as a RuntimeError
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _mib(size: float) -> str:
+    return f"{size / 2**20:,.1f} MiB"
 
 
 class MiniLlavaSFTTrainer(SFTTrainer):
@@ -45,6 +105,9 @@ class MiniLlavaSFTTrainer(SFTTrainer):
             ([`PaddingFreeCollator`]).
         group_by_modality_length (`bool`, *optional*, defaults to `False`):
             LLaVA's sampler: image and text-only samples in separate batches, similar lengths together.
+        hub_push_retries (`int`, *optional*, defaults to 10), hub_push_backoff (`float`, *optional*, defaults to 2.0):
+            How often a push is retried on transient Hub errors (5xx, 429, dropped connections), and the first wait
+            in seconds (doubled each time; the server's `Retry-After` when it sends one).
         run_info (`dict`, *optional*):
             What the model card reports about the run: `stage`, `model_name_or_path`, `dataset_name`,
             `dataset_format`, `num_samples`, `num_skipped`, `quantization`, `tune_vision_tower`.
@@ -58,9 +121,16 @@ class MiniLlavaSFTTrainer(SFTTrainer):
         run_info: dict[str, Any] | None = None,
         packing: bool = False,
         group_by_modality_length: bool = False,
+        hub_push_retries: int = 10,
+        hub_push_backoff: float = 2.0,
         **kwargs,
     ):
         self.connector_lr = connector_lr
+        self.hub_push_retries = hub_push_retries
+        self.hub_push_backoff = hub_push_backoff
+        self.failed_pushes: list[str] = []
+        self._staging_root: Path | None = None
+        self._deferred_push: str | None = None
         self.run_info = dict(run_info or {})
         self.packing = packing
         self.group_by_modality_length = group_by_modality_length
@@ -142,6 +212,9 @@ class MiniLlavaSFTTrainer(SFTTrainer):
                 param.data = param.data.to(dtypes[name])
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self._staging_root is None and self.args.should_save:  # a final save: a checkpoint checked its space
+            self._check_space(output_dir, self._weights_bytes())
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         full_model = isinstance(model, MiniVLMForConditionalGeneration) and not is_peft_model(model)
         if (
@@ -150,21 +223,203 @@ class MiniLlavaSFTTrainer(SFTTrainer):
             and isinstance(self.processing_class, MiniLlavaProcessor)
             and not self.is_distributed_loading_by_transformers
         ):
-            if not self.args.should_save:
-                return
-            output_dir = output_dir if output_dir is not None else self.args.output_dir
-            save(model, self.processing_class, output_dir)
-            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
-            return
-        super()._save(output_dir, state_dict)
+            if self.args.should_save:
+                save(model, self.processing_class, output_dir)
+        else:
+            super()._save(output_dir, state_dict)  # writes the arguments as a pickle, replaced below
+        if self.args.should_save:
+            save_training_args(self.args, output_dir)
+
+    # -- checkpoints: written under a hidden name, renamed to checkpoint-N once complete ----------------------------
+
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return str(self._staging_root) if self._staging_root is not None else run_dir
+
+    def _weights_bytes(self) -> int:
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if is_peft_model(model):  # the adapter and the modules trained in full
+            tensors = [param for param in model.parameters() if param.requires_grad]
+        else:
+            tensors = list({tensor.data_ptr(): tensor for tensor in model.state_dict().values()}.values())
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+    def _checkpoint_bytes(self) -> int:
+        """What a checkpoint takes on disk: the saved weights and, unless `save_only_model`, the optimizer state."""
+        size = self._weights_bytes()
+        if not self.args.save_only_model and self.optimizer is not None:
+            size += sum(
+                value.numel() * value.element_size()
+                for state in self.optimizer.state.values()
+                for value in state.values()
+                if torch.is_tensor(value)
+            )
+        return size
+
+    @staticmethod
+    def _check_space(folder: str | os.PathLike, size: int) -> None:
+        """Refuses to start a save of `size` bytes (plus a tenth, and the small files) where they do not fit."""
+        folder = Path(folder)
+        existing = next((path for path in (folder, *folder.parents) if path.exists()), Path("."))
+        need, have = int(size * 1.1) + 2**20, shutil.disk_usage(existing).free
+        if need > have:
+            raise OSError(errno.ENOSPC, f"no space left on {existing}: need {_mib(need)}, have {_mib(have)}")
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written to `.partial-checkpoint-N/` and renamed to `checkpoint-N` when it is
+        complete: a kill or a full disk during the save leaves the previous checkpoint as the newest one. The free
+        space is checked first; the push and the rotation of old checkpoints follow the rename."""
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root, final = run_dir / f"{PARTIAL_PREFIX}{name}", run_dir / name
+        need = self._checkpoint_bytes()
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)
+            self._check_space(run_dir, need)
+        self._staging_root, self._deferred_push = staging_root, None
+        try:
+            super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()  # every rank has written its part
+        except BaseException as error:
+            if self.args.should_save:
+                shutil.rmtree(staging_root, ignore_errors=True)
+            if _out_of_space(error):
+                have = shutil.disk_usage(run_dir).free
+                raise OSError(
+                    errno.ENOSPC,
+                    f"no space left on {run_dir}: need {_mib(need * 1.1)}, have {_mib(have)}; "
+                    f"{name} was not written, the previous checkpoint is still the one to resume from",
+                ) from error
+            raise
+        finally:
+            self._staging_root = None
+        if self.args.should_save:
+            self._publish_checkpoint(staging_root / name, final, staging_root)
+        self.accelerator.wait_for_everyone()
+        if self._deferred_push is not None:
+            self._deferred_push = None
+            self._push_from_checkpoint(str(final))
+        if self.args.should_save:
+            try:
+                from transformers.trainer_utils import rotate_checkpoints
+            except ImportError:  # transformers < 5: a method of the Trainer
+                self._rotate_checkpoints(use_mtime=False, output_dir=str(run_dir))
+            else:
+                rotate_checkpoints(
+                    output_dir=str(run_dir),
+                    save_total_limit=self.args.save_total_limit,
+                    best_model_checkpoint=self.state.best_model_checkpoint,
+                    use_mtime=False,
+                )
+
+    def _publish_checkpoint(self, written: Path, final: Path, staging_root: Path) -> None:
+        """Renames the complete checkpoint `written` to `final` (replacing an older save of the same step)."""
+        state_path = written / "trainer_state.json"
+        if self.state.best_model_checkpoint and str(staging_root) in self.state.best_model_checkpoint:
+            self.state.best_model_checkpoint = str(final)
+            self.state.save_to_json(str(state_path))
+        if final.exists():
+            old = final.with_name(f"{PARTIAL_PREFIX}old-{final.name}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(written, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(written, final)
+        shutil.rmtree(staging_root, ignore_errors=True)
+
+    # -- pushes: never a pickle, retried on transient errors, every failure reported ----------------------------------
+
+    @property
+    def hub_api(self):
+        if getattr(self, "_hub_api", None) is None:
+            from huggingface_hub import HfApi
+
+            self._hub_api = HfApi(token=self.args.hub_token, library_name="minillava")
+        return self._hub_api
+
+    def _upload(self, folder: str | os.PathLike, message: str, path_in_repo: str | None = None, revision=None):
+        return upload_folder(
+            self.hub_api,
+            folder,
+            self.hub_model_id,
+            message,
+            revision=revision if revision is not None else self.args.hub_revision,
+            path_in_repo=path_in_repo,
+            retries=self.hub_push_retries,
+            backoff=self.hub_push_backoff,
+        )
+
+    def _report_push(self, what: str, job: Future) -> None:
+        error = job.exception()
+        if error is not None:
+            self.failed_pushes.append(f"{what}: {error}")
+            logger.error(
+                "Push failed (%s) after %d attempts: %s. The files stay in %s; the next push, or `minillava push %s "
+                "--hub_model_id %s`, uploads them.",
+                what, self.hub_push_retries + 1, error, self.args.output_dir, self.args.output_dir, self.hub_model_id,
+            )  # fmt: skip
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        # The Trainer copies weights and configs from the checkpoint to `output_dir` before uploading it; the code
-        # files must go too, or the pushed repo would not load with trust_remote_code.
-        if self.is_world_process_zero():
-            for code_file in Path(checkpoint_folder).glob("*.py"):
-                shutil.copy(code_file, Path(self.args.output_dir) / code_file.name)
-        super()._push_from_checkpoint(checkpoint_folder)
+        """As the Trainer's push during training (the model files of the checkpoint copied to `output_dir`, uploaded
+        in the background; with `hub_strategy` checkpoint / all_checkpoints, the checkpoint folder too), with the code
+        files, without pickles (the optimizer, scheduler and RNG states stay local), retried, failures reported."""
+        if self._staging_root is not None:  # inside a checkpoint save: pushed once the checkpoint is renamed
+            self._deferred_push = checkpoint_folder
+            return
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        output_dir = Path(self.args.output_dir)
+        for file in Path(checkpoint_folder).iterdir():
+            local = any(fnmatch.fnmatch(file.name, pattern) for pattern in RESUME_STATE_FILES)
+            if file.is_file() and not local and file.name not in ("trainer_state.json", PICKLED_ARGS_NAME):
+                shutil.copy(file, output_dir / file.name)
+        save_training_args(self.args, output_dir)
+        step = f"step {self.state.global_step}"
+        when = step if self.args.save_strategy == SaveStrategy.STEPS else f"epoch {int(self.state.epoch)}"
+        message = f"Training in progress, {when}"
+        jobs = [(f"model at {step}", self.hub_api.run_as_future(self._upload, output_dir, message))]
+        if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            in_repo = (
+                "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT else Path(checkpoint_folder).name
+            )
+            job = self.hub_api.run_as_future(self._upload, checkpoint_folder, message + ", checkpoint", in_repo)
+            jobs.append((f"checkpoint at {step}", job))
+        for what, job in jobs:
+            job.add_done_callback(partial(self._report_push, what))
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = PushInProgress([job for _, job in jobs])
+        else:
+            self.push_in_progress.jobs.extend(job for _, job in jobs)
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        **kwargs,
+    ):
+        """As [`~transformers.Trainer.push_to_hub`] (saves the model, writes the card, uploads `output_dir`),
+        without pickles or checkpoints, retried on transient Hub errors; returns the commit (a future unless
+        `blocking`)."""
+        if token is not None and token != self.args.hub_token:
+            self.args.hub_token, self._hub_api = token, None
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        model_name = kwargs.pop("model_name", None) or (self.args.hub_model_id or self.args.output_dir).split("/")[-1]
+        self.create_model_card(model_name=model_name, **kwargs)
+        self._finish_current_push()
+        message = commit_message or "End of training"
+        if blocking:
+            return self._upload(self.args.output_dir, message, revision=revision)
+        return self.hub_api.run_as_future(self._upload, self.args.output_dir, message, None, revision)
 
     def create_model_card(
         self,
