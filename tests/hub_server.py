@@ -210,6 +210,20 @@ class Repo:
         return commit
 
 
+@dataclass
+class Fault:
+    """A failure the server answers instead of handling a request: the next `times` requests to the route `route`
+    (a `HubHandler` method name such as ``commit``, ``preupload``, ``lfs_batch`` or ``storage_put``) get HTTP
+    `status` (with ``Retry-After: retry_after`` when given), or, with ``status=None``, a dropped connection (closed
+    without an answer). `served` counts the failures given so far."""
+
+    route: str
+    status: int | None = 500
+    times: int = 1
+    retry_after: int | None = None
+    served: int = 0
+
+
 class HubStore:
     """The Hub's state under `root`: ``objects/<sha256>`` holds every file's bytes, ``repos/<type>/<ns>/<name>.json``
     each repo's refs and commits. Every access goes through `lock`, since the server answers requests in threads."""
@@ -224,6 +238,15 @@ class HubStore:
             self.repos[repo.type, repo.id] = repo
         self.endpoint = ""  # set once the servers listen
         self.storage_url = ""
+        self.faults: list[Fault] = []
+
+    def take_fault(self, route: str) -> Fault | None:
+        """The first fault for `route` with failures left (counted as served), or None."""
+        for fault in self.faults:
+            if fault.route == route and fault.served < fault.times:
+                fault.served += 1
+                return fault
+        return None
 
     def save(self, repo: Repo) -> None:
         path = self.root / "repos" / repo.type / f"{repo.id}.json"
@@ -337,7 +360,14 @@ class HubHandler(BaseHTTPRequestHandler):
                     if "repo_id" in groups:
                         args["repo_type"] = REPO_TYPES[groups["repo_type"] or "models"]
                     with self.store.lock:
-                        getattr(self, name)(**args)
+                        fault = self.store.take_fault(name)
+                        if fault is None:
+                            getattr(self, name)(**args)
+                    if fault is not None and fault.status is None:
+                        self.close_connection = True  # no answer at all: the client sees the connection drop
+                    elif fault is not None:
+                        retry = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+                        raise HubError(fault.status, f"injected failure of {name}", headers=retry)
                     return
             raise HubError(404, f"hub_server has no route for {self.command} {url.path}")
         except HubError as error:
@@ -693,12 +723,15 @@ class HubHTTPServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve_hub(root: str | os.PathLike[str], *, lfs: bool = True) -> Iterator[str]:
+def serve_hub(root: str | os.PathLike[str], *, lfs: bool = True, faults: list[Fault] | None = None) -> Iterator[str]:
     """Run a Hub on 127.0.0.1 with its state under `root`, and yield its endpoint (``http://127.0.0.1:PORT``).
 
     Two servers share the state: the Hub itself and the storage origin that LFS uploads and downloads use. With
-    ``lfs=False`` every file is stored as a regular git file, so clients with Xet enabled can upload too."""
+    ``lfs=False`` every file is stored as a regular git file, so clients with Xet enabled can upload too. `faults`
+    (a list the test may keep changing) are answered before the requests they match (see [`Fault`])."""
     store = HubStore(Path(root), lfs=lfs)
+    if faults is not None:
+        store.faults = faults
     servers = [HubHTTPServer(store), HubHTTPServer(store)]
     store.endpoint, store.storage_url = (f"http://127.0.0.1:{server.server_port}" for server in servers)
     threads = [

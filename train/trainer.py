@@ -272,22 +272,24 @@ class MiniLlavaSFTTrainer(SFTTrainer):
         run_dir = Path(super()._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging_root, final = run_dir / f"{PARTIAL_PREFIX}{name}", run_dir / name
-        need = self._checkpoint_bytes()
+        need, have = self._checkpoint_bytes(), None
         if self.args.should_save:
             shutil.rmtree(staging_root, ignore_errors=True)
             self._check_space(run_dir, need)
+            have = shutil.disk_usage(run_dir).free
         self._staging_root, self._deferred_push = staging_root, None
         try:
             super()._save_checkpoint(model, trial)
             self.accelerator.wait_for_everyone()  # every rank has written its part
         except BaseException as error:
+            # torch's zip writer may report a full disk as an iostream error: a disk left (nearly) full says it too
+            full = _out_of_space(error) or (have is not None and shutil.disk_usage(run_dir).free < 2**20)
             if self.args.should_save:
                 shutil.rmtree(staging_root, ignore_errors=True)
-            if _out_of_space(error):
-                have = shutil.disk_usage(run_dir).free
+            if full:
                 raise OSError(
                     errno.ENOSPC,
-                    f"no space left on {run_dir}: need {_mib(need * 1.1)}, have {_mib(have)}; "
+                    f"no space left on {run_dir}: need {_mib(need * 1.1)}, have {_mib(have or 0)}; "
                     f"{name} was not written, the previous checkpoint is still the one to resume from",
                 ) from error
             raise
