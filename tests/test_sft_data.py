@@ -32,10 +32,11 @@ def llava_processor(built):
     return built["llava-1.5"][1]
 
 
-def collator_for(processor, chat_template=None, strict=False):
+def collator_for(processor, chat_template=None, strict=False, dataset=None):
     return DataCollatorWithSampleChecks(
         DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True, chat_template=chat_template),
         strict=strict,
+        dataset=dataset,
     )
 
 
@@ -205,14 +206,19 @@ def test_undecodable_image_is_skipped_when_its_batch_is_built(tmp_path, llava_pr
     (images / "1.png").write_bytes(data[: len(data) // 2])  # the header reads fine, the pixels are cut
     dataset, report = load_sft_dataset(str(path), llava_processor, image_folder=str(images))
     assert not report, "headers only: a truncated file passes the up-front check"
-    collator = collator_for(llava_processor)
+    collator = collator_for(llava_processor, dataset=dataset)
     with caplog.at_level(logging.WARNING, logger="minillava.train.data"):
         batch = collator([dataset[0], dataset[1], dataset[2]])
     assert batch["input_ids"].shape[0] == 2 and (batch["labels"] != -100).any(dim=1).all()
     where = f"{path}:{record_line(path, 'sample-1')}"
     assert f"Skipping sample 'sample-1' ({where}): image {images / '1.png'} cannot be decoded" in caplog.text
     all_bad = collator([dataset[1]])
-    assert (all_bad["labels"] == -100).all(), "a batch of bad samples only is replaced and learns nothing"
+    assert all_bad["input_ids"].shape[0] == 1 and (all_bad["labels"] != -100).any(), (
+        "a batch of bad samples only is replaced by a real sample drawn from the dataset"
+    )
+    assert [(s.id, s.source, s.kind) for s in collator.report.skipped] == [("sample-1", where, "unreadable image")]
+    with pytest.raises(BadSampleError, match=r"Every sample of a batch failed to decode \('sample-1'.*no dataset"):
+        collator_for(llava_processor)([dataset[1]])
     with pytest.raises(BadSampleError, match=rf"sample 'sample-1' \({where}\)"):
         collator_for(llava_processor, strict=True)([dataset[0], dataset[1]])
 

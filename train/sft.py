@@ -77,6 +77,13 @@ class SFTScriptArguments(ScriptArguments):
         default=None,
         metadata={"help": "Folder the dataset's image paths are relative to (LLaVA's --image_folder)."},
     )
+    allow_images_outside_folder: bool = field(
+        default=False,
+        metadata={
+            "help": "Use image paths that lie outside --image_folder (`../x.png`, absolute paths elsewhere); by "
+            "default such samples are skipped and named. Symlinks inside the folder are always followed."
+        },
+    )
     dataset_format: str | None = field(
         default=None,
         metadata={
@@ -309,6 +316,7 @@ def _train(script_args, training_args, model_args, train_dataset, callbacks):
             require_image=stage == "align",
             strict=script_args.strict,
             num_proc=training_args.dataset_num_proc,
+            allow_images_outside_folder=script_args.allow_images_outside_folder,
         )
 
     with training_args.main_process_first(desc="reading and checking the dataset"):
@@ -390,7 +398,14 @@ def _train(script_args, training_args, model_args, train_dataset, callbacks):
         batching = "grouped by modality and length (LLaVA's group_by_modality_length)"
     elif getattr(training_args, "train_sampling_strategy", None) == "group_by_length":
         batching = "grouped by length"
-    collator = DataCollatorWithSampleChecks(collator, strict=script_args.strict)
+    collator = DataCollatorWithSampleChecks(
+        collator,
+        strict=script_args.strict,
+        report=report,
+        report_path=Path(training_args.output_dir) / "skipped_samples.json",
+        dataset=dataset,
+        seed=training_args.seed,
+    )
     trainer = MiniLlavaSFTTrainer(
         model=model,
         args=training_args,
@@ -427,6 +442,7 @@ def _train(script_args, training_args, model_args, train_dataset, callbacks):
     result = trainer.train(
         resume_from_checkpoint=resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     )
+    trainer.run_info["num_skipped"] = len(collator.skip_report().skipped)  # with those that failed to decode
     if training_args.push_to_hub:
         try:
             trainer.push_to_hub(dataset_name=script_args.dataset_name)  # saves to output_dir, writes the card, pushes
