@@ -19,6 +19,7 @@ import torch
 from sft_helpers import build_tiny_models, run_sft, write_llava_dataset
 
 from minillava.train.checkpoints import checkpoint_problem, last_complete_checkpoint
+from minillava.train.data import SkippedSample, SkipReport
 from minillava.train.output_dir import LOCK_NAME
 from minillava.train.trainer import MiniLlavaSFTTrainer
 
@@ -114,6 +115,9 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_and_resume_takes_i
     (out / "checkpoint-5").mkdir()
     shutil.copy(out / "checkpoint-2" / "model.safetensors", out / "checkpoint-5" / "model.safetensors")
     assert last_complete_checkpoint(out) == out / "checkpoint-2"
+    # A sample whose image failed to decode before the kill stays reported after the resume.
+    killed = SkippedSample("sample-3", "data.json:12", "unreadable image", "truncated PNG")
+    SkipReport(total=8, skipped=[killed]).save(out / "skipped_samples.json")
 
     with caplog.at_level(logging.INFO):
         resumed, _ = run_sft("tiny-cpu-instruct", *data, model_name_or_path=model, max_steps=6, learning_rate=1e-3,
@@ -125,6 +129,8 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_and_resume_takes_i
     assert not list(out.glob(".partial-*")) and not (out / LOCK_NAME).exists()
     assert resumed.state.global_step == 6
     assert_same_weights(resumed, straight)
+    assert killed in SkipReport.load(out / "skipped_samples.json").skipped
+    assert resumed.run_info["num_skipped"] == 1
 
 
 def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(model, data, straight, tmp_path):

@@ -52,7 +52,7 @@ from pathlib import Path
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
 from minillava.train.checkpoints import PARTIAL_PREFIX, last_complete_checkpoint
-from minillava.train.data import DATASET_FORMATS, infer_format, load_sft_dataset
+from minillava.train.data import DATASET_FORMATS, SkipReport, infer_format, load_sft_dataset
 from minillava.train.output_dir import RunLock, check_output_dir
 from minillava.train.push import PushError
 from minillava.train.recipes import STAGES, check_stage, resolve_recipe
@@ -330,11 +330,20 @@ def _train(script_args, training_args, model_args, train_dataset, callbacks):
                     f"a {script_args.dataset_test_split!r} split (--dataset_test_split)."
                 )
             eval_dataset, _ = read(script_args.dataset_name, script_args.dataset_test_split, "messages")
+    skipped_path = Path(training_args.output_dir) / "skipped_samples.json"
+    if training_args.should_save and skipped_path.is_file():
+        if _resume_value(training_args.resume_from_checkpoint):  # keep the decode-time skips of the killed run
+            try:
+                report.merge(SkipReport.load(skipped_path))
+            except (ValueError, KeyError, TypeError) as error:
+                logger.warning("Ignoring the unreadable %s: %s", skipped_path, error)
+        else:  # another run's (--overwrite_output_dir)
+            skipped_path.unlink()
     if report:
         logger.warning(report.summary())
         if training_args.should_save:
             Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-            report.save(Path(training_args.output_dir) / "skipped_samples.json")
+            report.save(skipped_path)
     else:
         logger.info(report.summary())
 
