@@ -13,6 +13,7 @@ pickles (`*.bin`, `*.pt`, `*.pth`, `*.pkl`: optimizer, scheduler and RNG states 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import logging
 import sys
 import time
@@ -25,6 +26,14 @@ logger = logging.getLogger(__name__)
 
 # What a push never uploads: the Trainer's own patterns ("_*", "checkpoint-*"), hidden files, and every pickle.
 PUSH_IGNORE_PATTERNS = ["_*", "checkpoint-*", ".*", "*/.*", "*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle"]
+PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
+
+
+def is_ignored(name: str) -> bool:
+    """Whether a push leaves the file `name` (a path relative to the pushed folder) out."""
+    return any(fnmatch.fnmatch(name, pattern) for pattern in PUSH_IGNORE_PATTERNS)
+
+
 # The answers of a Hub that is busy or briefly down (the status codes huggingface_hub itself retries for downloads).
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 # Network failures worth retrying, by class name (httpx's and requests', without importing either).
@@ -78,7 +87,8 @@ def retry_delay(error: BaseException, attempt: int, backoff: float) -> float | N
 def with_retries(call: Callable[[], Any], what: str, retries: int = 10, backoff: float = 2.0) -> Any:
     """`call()`, repeated up to `retries` more times while it fails with a transient Hub error (see
     [`retry_delay`]); every failed attempt is logged. The last error is raised."""
-    for attempt in range(retries + 1):
+    attempt = 0
+    while True:
         try:
             return call()
         except Exception as error:
@@ -89,7 +99,7 @@ def with_retries(call: Callable[[], Any], what: str, retries: int = 10, backoff:
                 "%s failed (attempt %d of %d: %s); retrying in %.1f s.", what, attempt + 1, retries + 1, error, delay
             )
             time.sleep(delay)
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
 def upload_folder(
@@ -135,11 +145,7 @@ def push(
     folder = Path(folder)
     if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{folder} holds no trained model (no config.json or adapter_config.json)")
-    local_only = sorted(
-        str(path.relative_to(folder))
-        for pattern in ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle")
-        for path in folder.glob(pattern)
-    )
+    local_only = sorted(path.name for path in folder.iterdir() if is_ignored(path.name) and path.suffix in PICKLES)
     if local_only:
         logger.warning("Not uploaded (pickles stay local): %s", ", ".join(local_only))
     api = HfApi(token=token, library_name="minillava")
@@ -177,4 +183,13 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["PUSH_IGNORE_PATTERNS", "PushError", "main", "push", "retry_delay", "upload_folder", "with_retries"]
+__all__ = [
+    "PUSH_IGNORE_PATTERNS",
+    "PushError",
+    "is_ignored",
+    "main",
+    "push",
+    "retry_delay",
+    "upload_folder",
+    "with_retries",
+]

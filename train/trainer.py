@@ -4,7 +4,6 @@ checkpoints that a kill or a full disk cannot leave half-written, and pushes tha
 from __future__ import annotations
 
 import errno
-import fnmatch
 import json
 import logging
 import os
@@ -25,9 +24,9 @@ from trl import SFTTrainer
 from minillava.modeling import MiniVLMForConditionalGeneration
 from minillava.processing import MiniLlavaProcessor
 from minillava.train.build import save
-from minillava.train.checkpoints import PARTIAL_PREFIX, RESUME_STATE_FILES
+from minillava.train.checkpoints import PARTIAL_PREFIX
 from minillava.train.packing import ModalityLengthGroupedSampler, PackedBatchSampler
-from minillava.train.push import upload_folder
+from minillava.train.push import is_ignored, upload_folder
 from minillava.train.recipes import arch_modules
 
 
@@ -376,8 +375,7 @@ class MiniLlavaSFTTrainer(SFTTrainer):
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         output_dir = Path(self.args.output_dir)
         for file in Path(checkpoint_folder).iterdir():
-            local = any(fnmatch.fnmatch(file.name, pattern) for pattern in RESUME_STATE_FILES)
-            if file.is_file() and not local and file.name not in ("trainer_state.json", PICKLED_ARGS_NAME):
+            if file.is_file() and not is_ignored(file.name) and file.name != "trainer_state.json":
                 shutil.copy(file, output_dir / file.name)
         save_training_args(self.args, output_dir)
         step = f"step {self.state.global_step}"
