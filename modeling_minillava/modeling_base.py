@@ -1,5 +1,6 @@
 """Shared PyTorch base of the minillava vision-language models: image-token merge, loss masking, generation."""
 
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -65,12 +66,55 @@ LM_HEAD_PP_PLAN = dict(getattr(LlamaForCausalLM, "_pp_plan", None) or {})
 TIED_WEIGHTS_KEYS_ARE_A_MAPPING = isinstance(LlamaForCausalLM._tied_weights_keys, dict)
 
 
+def is_distributed() -> bool:
+    """Whether this process is one of several in a `torch.distributed` group."""
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
 def is_first_generation_step(generation_kwargs: dict) -> bool:
     """Whether `prepare_inputs_for_generation` prepares the step that reads the prompt (and so its images)."""
     if "is_first_iteration" in generation_kwargs:  # 5.x
         return bool(generation_kwargs["is_first_iteration"])
     cache_position = generation_kwargs.get("cache_position")  # 4.57
     return cache_position is None or int(cache_position[0]) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Default LoRA targets. PEFT picks the targets of a `LoraConfig` without `target_modules` (what `trl sft --use_peft`
+# builds) by `config.model_type`, from its own table (`LoraModel._prepare_adapter_config` reads
+# `peft.utils.constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`), which has no entry for these model types;
+# and `all-linear` adapts the vision tower and the connector too (PEFT leaves out only the output layer). So each model
+# enters its type there, with a regex (a `str` value, full-matched against module paths: PEFT >= 0.21) over the
+# language model's linear layers, as LLaVA-1.5's LoRA recipe targets them (Llama/Vicuna, Mistral, Qwen2, Gemma and
+# Phi-3 names): never the vision tower, the connector, the Q-Former or `lm_head`. The model files do not import peft:
+# the entry is made when a model is built in a process that has imported it (as TRL does before loading the model).
+# ---------------------------------------------------------------------------------------------------------------------
+
+LORA_TARGET_MODULES = (
+    r"(model\.)?language_model\..*\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj|down_proj|gate_up_proj)"
+)
+PEFT_REGEX_DEFAULTS_SINCE = (0, 21)
+
+
+def register_peft_lora_targets(model_type: str) -> bool:
+    """Enters `model_type` in PEFT's default LoRA targets (an entry already there is kept) if peft is imported and
+    takes a regex there. Returns whether `model_type` has an entry."""
+    peft, constants = sys.modules.get("peft"), sys.modules.get("peft.utils.constants")
+    mapping = getattr(constants, "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING", None)
+    if peft is None or not isinstance(mapping, dict):
+        return False
+    try:
+        version = tuple(int(part) for part in peft.__version__.split(".")[:2])
+    except (AttributeError, ValueError):
+        return False
+    if version < PEFT_REGEX_DEFAULTS_SINCE:
+        return False
+    mapping.setdefault(model_type, LORA_TARGET_MODULES)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -151,6 +195,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self._register_load_state_dict_pre_hook(self._map_vision_prefix_on_load)
+        register_peft_lora_targets(config.model_type)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -236,6 +281,8 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
             special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(special_image_mask, image_features)
+        elif self.training and is_distributed():
+            inputs_embeds = inputs_embeds + self.image_path_on_text_only_batch(inputs_embeds)
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -250,6 +297,22 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             if HAS_IMAGE_OUTPUTS:
                 image_fields["image_outputs"] = image_outputs
         return MiniVLMModelOutputWithPast(**outputs, **image_fields)
+
+    def image_path_on_text_only_batch(self, inputs_embeds: torch.FloatTensor) -> torch.FloatTensor:
+        """A scalar zero computed through the vision tower and the connector from a blank image.
+
+        In distributed training a rank whose batch has no image must still run the image path: ZeRO-3 and FSDP
+        gather the tower's and the connector's parameters inside their forward (collectives every rank must join),
+        and DDP expects a gradient for every trainable parameter. Adding this zero leaves the outputs unchanged.
+        """
+        vision_config = self.config.vision_config
+        dtype = next(self.vision_tower.parameters()).dtype
+        size = vision_config.image_size
+        blank = torch.zeros(
+            1, getattr(vision_config, "num_channels", 3), size, size, dtype=dtype, device=inputs_embeds.device
+        )
+        features = self.project_vision_features(self.get_vision_features(blank, return_dict=True).pooler_output)
+        return 0.0 * features.sum().to(inputs_embeds.dtype)
 
     def _map_vision_prefix_on_load(self, state_dict: dict, prefix: str, *args, **kwargs):
         """`load_state_dict` of a checkpoint in the published key layout (e.g. a Trainer checkpoint on resume)."""
@@ -430,6 +493,7 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
 
 
 __all__ = [
+    "LORA_TARGET_MODULES",
     "MiniVLMCausalLMOutputWithPast",
     "MiniVLMForConditionalGeneration",
     "MiniVLMModel",

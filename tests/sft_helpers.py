@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -79,3 +80,28 @@ def image_inputs(processor, seed: int = 0, question: str = "What is in the image
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     return processor(images=[make_image(seed)], text=[prompt], return_tensors="pt")
+
+
+# Our package's import names, blocked where a test runs code "on a machine without minillava".
+MINILLAVA_MODULES = ("minillava", "modeling_minillava", "processing", "train")
+
+
+def env_without_minillava(workdir: Path) -> dict[str, str]:
+    """The environment of a subprocess in which minillava cannot be imported, nor in any Python process it starts
+    (e.g. the training process of `trl sft`, which `accelerate launch` starts): a `sitecustomize` on `PYTHONPATH`
+    blocks our import names. The Hub is offline; remote code and datasets are cached under `workdir`."""
+    blocker = workdir / "without-minillava"
+    blocker.mkdir(parents=True, exist_ok=True)
+    (blocker / "sitecustomize.py").write_text(
+        f"import sys\n\nfor name in {MINILLAVA_MODULES!r}:\n    sys.modules[name] = None\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(
+        PYTHONPATH=str(blocker),
+        HF_HUB_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_MODULES_CACHE=str(workdir / "modules"),
+        HF_DATASETS_CACHE=str(workdir / "datasets-cache"),
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return env

@@ -110,6 +110,11 @@ def test_lora_with_gradient_checkpointing_trains_every_trainable_tensor_and_merg
     assert set(snapshots.trainable) == {n for n in snapshots.trainable if "lora_" in n or "modules_to_save" in n}
     assert snapshots.moved() == set(snapshots.trainable), "every trainable tensor moves"
     assert snapshots.frozen_unchanged()
+    trainer.model.train()
+    named = dict(trainer.model.get_base_model().named_modules())
+    front_end = [named[name] for name in modules.frozen + modules.vision_tower if name in named]
+    assert front_end
+    assert not any(module.training for module in front_end), "no dropout in the frozen tower (and Q-Former)"
     lrs = {group["initial_lr"] for group in trainer.optimizer.param_groups}
     assert lrs == {1e-2, 1e-3}, "the connector has its own learning rate"
 

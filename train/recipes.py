@@ -88,14 +88,16 @@ def trainable_modules(model: nn.Module, stage: str, tune_vision_tower: bool = Fa
     return trainable
 
 
-def keep_frozen_in_eval_mode(model: nn.Module, frozen: tuple[str, ...]) -> None:
-    """Keeps the frozen front-end modules in eval mode (no dropout) while the rest of the model trains.
+def freeze_front_end(model: nn.Module, front_end: tuple[str, ...]) -> None:
+    """Freezes the front-end modules named in `front_end` and keeps them in eval mode (no dropout) while the rest of
+    the model trains (full tuning, LoRA and QLoRA alike: PEFT freezes them too, but only once it wraps the model).
 
     MiniGPT-4 does this for its ViT and Q-Former (`module.train = disabled_train`); the Trainer calls `model.train()`
     at every step, so their `train` is replaced by a no-op the same way.
     """
     for name, module in model.named_modules():
-        if name in frozen and not any(p.requires_grad for p in module.parameters()):
+        if name in front_end:
+            module.requires_grad_(False)
             module.eval()
             module.train = types.MethodType(lambda self, mode=True: self, module)
 
@@ -113,7 +115,7 @@ def set_trainable(model: nn.Module, stage: str, tune_vision_tower: bool = False)
     for name, param in model.named_parameters():
         param.requires_grad_(_is_under(name, trainable) and not _is_under(name, modules.frozen))
     frozen_front_end = modules.frozen + (() if tune_vision_tower else modules.vision_tower)
-    keep_frozen_in_eval_mode(model, frozen_front_end)
+    freeze_front_end(model, frozen_front_end)
     counts = {"trainable": 0, "frozen": 0}
     for param in model.parameters():
         counts["trainable" if param.requires_grad else "frozen"] += param.numel()
@@ -200,12 +202,17 @@ def quantization_config(model_args, model_type: str):
     return config
 
 
+def shipped_folder(name: str = RECIPES_FOLDER) -> Path:
+    """A folder of YAML files shipped in `minillava.hub_configs` (the recipes, the accelerate launch configs)."""
+    folder = Path(str(resources.files("minillava.hub_configs") / name))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"The {name} files of minillava.hub_configs are not installed (looked in {folder}).")
+    return folder
+
+
 def recipes_folder() -> Path:
     """The folder of the YAML recipes shipped in `minillava.hub_configs`."""
-    folder = Path(str(resources.files("minillava.hub_configs") / RECIPES_FOLDER))
-    if not folder.is_dir():
-        raise FileNotFoundError(f"The recipes of minillava.hub_configs are not installed (looked in {folder}).")
-    return folder
+    return shipped_folder(RECIPES_FOLDER)
 
 
 def recipe_names() -> list[str]:
@@ -213,17 +220,24 @@ def recipe_names() -> list[str]:
     return sorted(path.stem for path in recipes_folder().glob("*.yaml"))
 
 
-def resolve_recipe(config: str) -> str:
-    """`config` itself when it is a file, else the path of the shipped recipe called `config`."""
+def resolve_shipped(config: str, folder: str = RECIPES_FOLDER, flag: str = "--config") -> str:
+    """`config` itself when it is a file, else the path of the YAML file called `config` in the shipped `folder`."""
     if Path(config).is_file():
         return config
     name = config[: -len(".yaml")] if config.endswith(".yaml") else config
-    path = recipes_folder() / f"{name}.yaml"
+    path = shipped_folder(folder) / f"{name}.yaml"
     if not path.is_file():
+        names = sorted(item.stem for item in shipped_folder(folder).glob("*.yaml"))
+        kind = "recipe" if folder == RECIPES_FOLDER else f"{folder} config"
         raise FileNotFoundError(
-            f"--config {config!r} is neither a file nor a shipped recipe; the recipes are: {', '.join(recipe_names())}."
+            f"{flag} {config!r} is neither a file nor a shipped {kind}; the shipped ones are: {', '.join(names)}."
         )
     return str(path)
+
+
+def resolve_recipe(config: str) -> str:
+    """`config` itself when it is a file, else the path of the shipped recipe called `config`."""
+    return resolve_shipped(config)
 
 
 __all__ = [
@@ -232,12 +246,14 @@ __all__ = [
     "ArchModules",
     "arch_modules",
     "check_stage",
-    "keep_frozen_in_eval_mode",
+    "freeze_front_end",
     "language_model_linear_names",
     "lora_config",
     "lora_target_regex",
     "quantization_config",
     "quantization_skip_modules",
+    "resolve_shipped",
+    "shipped_folder",
     "recipe_names",
     "recipes_folder",
     "resolve_recipe",

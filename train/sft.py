@@ -53,6 +53,7 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
 from minillava.train.checkpoints import PARTIAL_PREFIX, last_complete_checkpoint
 from minillava.train.data import DATASET_FORMATS, SkipReport, infer_format, load_sft_dataset
+from minillava.train.distributed import LaunchError, check_processes
 from minillava.train.output_dir import RunLock, check_output_dir
 from minillava.train.push import PushError
 from minillava.train.recipes import STAGES, check_stage, resolve_recipe
@@ -229,6 +230,8 @@ def train(
     newest complete checkpoint) or `overwrite_output_dir` is given. A final push that fails after its retries raises
     [`PushError`] once the model is saved locally.
     """
+    state = training_args.distributed_state
+    check_processes(state.distributed_type.value, state.num_processes)
     resume = _resume_value(training_args.resume_from_checkpoint)
     overwrite = getattr(script_args, "overwrite_output_dir", False) or getattr(
         training_args, "overwrite_output_dir", False
@@ -250,6 +253,7 @@ def _train(script_args, training_args, model_args, train_dataset, callbacks):
     import minillava.modeling  # noqa: F401  (registers the minillava classes with the Auto classes)
     from minillava.processing import MiniLlavaProcessor
     from minillava.train.data import DataCollatorWithSampleChecks, decode_images, load_image
+    from minillava.train.distributed import keep_used_weight_conversions
     from minillava.train.feature_cache import (
         CachedFeaturesCollator,
         ImageFeatureCache,
@@ -261,7 +265,7 @@ def _train(script_args, training_args, model_args, train_dataset, callbacks):
     from minillava.train.packing import PaddingFreeCollator
     from minillava.train.recipes import (
         arch_modules,
-        keep_frozen_in_eval_mode,
+        freeze_front_end,
         lora_config,
         quantization_config,
         set_trainable,
@@ -360,14 +364,13 @@ def _train(script_args, training_args, model_args, train_dataset, callbacks):
     if isinstance(training_args.model_init_kwargs, dict):
         model_kwargs.update(training_args.model_init_kwargs)
     model = AutoModelForImageTextToText.from_pretrained(name, **model_kwargs)
+    keep_used_weight_conversions(model)  # saved under the key names it was loaded with, ZeRO-3 included
 
     peft_config = None
     if model_args.use_peft:
         peft_config = lora_config(model, model_args, tune_vision_tower=script_args.tune_vision_tower)
         modules = arch_modules(model)
-        keep_frozen_in_eval_mode(
-            model, modules.frozen + (() if script_args.tune_vision_tower else modules.vision_tower)
-        )
+        freeze_front_end(model, modules.frozen + (() if script_args.tune_vision_tower else modules.vision_tower))
     else:
         set_trainable(model, stage, tune_vision_tower=script_args.tune_vision_tower)
 
@@ -452,6 +455,7 @@ def _train(script_args, training_args, model_args, train_dataset, callbacks):
         resume_from_checkpoint=resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     )
     trainer.run_info["num_skipped"] = len(collator.skip_report().skipped)  # with those that failed to decode
+    trainer.save_loss_curve()  # loss_curve.png next to the model: pushed with it, shown in its card
     if training_args.push_to_hub:
         try:
             trainer.push_to_hub(dataset_name=script_args.dataset_name)  # saves to output_dir, writes the card, pushes
@@ -470,6 +474,10 @@ def _train(script_args, training_args, model_args, train_dataset, callbacks):
 def main(argv: list[str] | None = None) -> None:
     """`minillava sft --config RECIPE [--flag value ...]`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(item == "--launch" or item.startswith("--launch=") for item in argv):
+        from minillava.train.distributed import launch
+
+        sys.exit(launch(argv))
     if "--config" in argv and argv.index("--config") + 1 < len(argv):
         index = argv.index("--config") + 1
         argv[index] = resolve_recipe(argv[index])
@@ -479,6 +487,9 @@ def main(argv: list[str] | None = None) -> None:
     except PushError as error:
         print(f"minillava sft: {error}", file=sys.stderr)
         sys.exit(1)
+    except LaunchError as error:
+        print(f"minillava sft: {error}", file=sys.stderr)
+        sys.exit(2)
     trainer.accelerator.print(f"Saved to {training_args.output_dir}")
     if training_args.push_to_hub:
         trainer.accelerator.print(f"Pushed to the Hub: {trainer.hub_model_id}")

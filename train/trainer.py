@@ -24,17 +24,19 @@ from trl import SFTTrainer
 from minillava.modeling import MiniVLMForConditionalGeneration
 from minillava.processing import MiniLlavaProcessor
 from minillava.train.build import save
+from minillava.train.cards import CARD_NAME, model_card
 from minillava.train.checkpoints import PARTIAL_PREFIX
 from minillava.train.packing import ModalityLengthGroupedSampler, PackedBatchSampler
+from minillava.train.plots import LOSS_CURVE_NAME, save_loss_curve
 from minillava.train.push import is_ignored, upload_folder
 from minillava.train.recipes import arch_modules
+from minillava.train.tracking import resolve_report_to, stage_tensorboard
 
 
 logger = logging.getLogger(__name__)
 
 PICKLED_ARGS_NAME = "training_args.bin"  # transformers.trainer.TRAINING_ARGS_NAME: a pickle, never left in a folder
 TRAINING_ARGS_NAME = "training_args.json"  # the arguments as JSON, secrets removed
-ARCH_NAMES = {"minillava": "llava-1.5", "minillava_minigpt4": "minigpt4"}
 SECRET_KEY = re.compile(r"secret|password|api_?key|access_key|_token$", re.IGNORECASE)
 
 
@@ -91,7 +93,12 @@ class MiniLlavaSFTTrainer(SFTTrainer):
     - every full-model save (final or checkpoint) goes through [`minillava.train.build.save`]: safetensors weights,
       processor, chat template and the code files, so each saved folder loads with `trust_remote_code=True`;
     - pushes during training also carry the code files (the Trainer only copies weights and configs);
-    - a model card with the base components, stage, data, hyperparameters, final metrics and how to load;
+    - a model card with the base model (a Hub id, never a local path), components, stage, data, hyperparameters,
+      final metrics, the loss curve and how to load (see [`minillava.train.cards`]); `save_loss_curve` writes
+      `loss_curve.png` at the end of training;
+    - `report_to: auto` (the shipped recipes) logs to TensorBoard where it is installed; a run that pushes during
+      training writes those logs under `_tensorboard/` and moves them to `runs/` when training ends, so that no
+      push uploads a growing event file (see [`minillava.train.tracking`]);
     - batches packed from the whole dataset (`packing`) or grouped by modality and length, from the dataset's
       `length` and `num_images` columns (see [`minillava.train.packing`]).
 
@@ -135,7 +142,11 @@ class MiniLlavaSFTTrainer(SFTTrainer):
         self.group_by_modality_length = group_by_modality_length
         if packing and group_by_modality_length:
             raise ValueError("Choose packing or group_by_modality_length: packed rows are filled across modalities.")
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if training_args is not None:  # before the Trainer builds its reporting callbacks from it
+            training_args.report_to = resolve_report_to(training_args.report_to)
         super().__init__(*args, **kwargs)
+        stage_tensorboard(self)  # pushes during training never upload a growing event file
         if packing and self.args.max_length is None:
             raise ValueError("Packing needs max_length: it is the number of tokens of a packed row.")
 
@@ -228,6 +239,8 @@ class MiniLlavaSFTTrainer(SFTTrainer):
             super()._save(output_dir, state_dict)  # writes the arguments as a pickle, replaced below
         if self.args.should_save:
             save_training_args(self.args, output_dir)
+            if is_peft_model(model):  # PEFT's card names the base by its local path: replaced by this run's
+                self.create_model_card(folder=output_dir)
 
     # -- checkpoints: written under a hidden name, renamed to checkpoint-N once complete ----------------------------
 
@@ -426,183 +439,27 @@ class MiniLlavaSFTTrainer(SFTTrainer):
         model_name: str | None = None,
         dataset_name: str | None = None,
         tags: str | list[str] | None = None,
+        folder: str | os.PathLike | None = None,
         **kwargs,
     ) -> None:
-        """Writes `README.md` in `output_dir`: base components, stage, data, hyperparameters, metrics, usage."""
+        """Writes `README.md` in `folder` (default `output_dir`; see [`minillava.train.cards.model_card`]): base
+        model as a Hub id, stage, data, hyperparameters, metrics, loss curve, usage."""
         if not self.is_world_process_zero():
             return
+        folder = Path(folder if folder is not None else self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        card = model_card(self, model_name=model_name, dataset_name=dataset_name, tags=tags, folder=folder)
+        card.save(folder / CARD_NAME)
+
+    def save_loss_curve(self) -> Path | None:
+        """Writes `loss_curve.png` (training loss per step, evaluation loss if any) in `output_dir` on the main
+        process; returns its path, or None where nothing was written (see [`save_loss_curve`])."""
+        if not self.args.should_save:
+            return None
+        name = self.args.hub_model_id or Path(self.args.output_dir).name
+        title = f"{name}: stage {self.run_info.get('stage', 'instruct')}, loss per step"
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-        card = model_card(self, model_name=model_name, dataset_name=dataset_name, tags=tags)
-        (Path(self.args.output_dir) / "README.md").write_text(card, encoding="utf-8")
-
-
-def _is_hub_id(name: str | None) -> bool:
-    return bool(name) and not os.path.exists(name) and name.count("/") <= 1 and not name.startswith((".", "/"))
-
-
-def _component(config) -> str:
-    name = getattr(config, "_name_or_path", "") or ""
-    return f"`{config.model_type}`" + (f" from `{name}`" if name else "")
-
-
-def _plain(value: Any) -> Any:
-    return getattr(value, "value", value)  # transformers' enums (SchedulerType, OptimizerNames) as their names
-
-
-def _warmup(args) -> str:
-    warmup = getattr(args, "warmup_steps", 0) or getattr(args, "warmup_ratio", 0)
-    return f"{warmup:g} of the steps" if 0 < warmup < 1 else f"{int(warmup)} steps"
-
-
-def _final_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    for entry in log_history:
-        for key, value in entry.items():
-            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                metrics[key] = value
-    return metrics
-
-
-def model_card(
-    trainer: MiniLlavaSFTTrainer,
-    model_name: str | None = None,
-    dataset_name: str | None = None,
-    tags: str | list[str] | None = None,
-) -> str:
-    """The model card of a training run (Markdown with the Hub's YAML metadata)."""
-    args, info = trainer.args, trainer.run_info
-    model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
-    config = model.config
-    arch = ARCH_NAMES.get(config.model_type, config.model_type)
-    is_adapter = is_peft_model(model)
-    stage = info.get("stage", "instruct")
-    base = info.get("model_name_or_path") or getattr(config, "_name_or_path", None)
-    dataset_name = dataset_name or info.get("dataset_name")
-    repo_id = args.hub_model_id or model_name or Path(args.output_dir).name
-    tags = [tags] if isinstance(tags, str) else list(tags or [])
-    tags = list(dict.fromkeys(["minillava", arch, f"stage-{stage}", "trl", "sft", *tags]))
-    if is_adapter:
-        tags.append("qlora" if info.get("quantization") else "lora")
-
-    front = ["---", f"library_name: {'peft' if is_adapter else 'transformers'}", "pipeline_tag: image-text-to-text"]
-    if _is_hub_id(base):
-        front.append(f"base_model: {base}")
-    if isinstance(dataset_name, str) and _is_hub_id(dataset_name):
-        front += ["datasets:", f"- {dataset_name}"]
-    front += ["tags:", *[f"- {tag}" for tag in tags], "---"]
-
-    world_size = args.world_size
-    effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
-    hyper = {
-        "learning rate": args.learning_rate,
-        "connector learning rate": trainer.connector_lr or args.learning_rate,
-        "batch size": f"{effective} ({args.per_device_train_batch_size} per device x "
-        f"{args.gradient_accumulation_steps} accumulation x {world_size} process(es))",
-        "length": f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epoch(s)",
-        "schedule": f"{_plain(args.lr_scheduler_type)}, warmup {_warmup(args)}",
-        "weight decay": args.weight_decay,
-        "max length": args.max_length,
-        "optimizer": _plain(args.optim),
-        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "gradient checkpointing": args.gradient_checkpointing,
-        "batches": info.get("batching", "padded"),
-        "seed": args.seed,
-    }
-    if is_adapter:
-        peft_config = model.peft_config["default"]
-        hyper.update(
-            {
-                "LoRA r / alpha / dropout": f"{peft_config.r} / {peft_config.lora_alpha} / {peft_config.lora_dropout}",
-                "LoRA targets": f"`{peft_config.target_modules}`",
-                "trained in full (modules_to_save)": ", ".join(sorted(peft_config.modules_to_save or [])),
-            }
-        )
-    if info.get("quantization"):
-        hyper["quantization"] = info["quantization"]
-    trained = {
-        "align": "the connector only (vision tower and language model frozen)",
-        "instruct": "the connector and the language model"
-        + (" (LoRA, connector in full)" if is_adapter else " (full fine-tuning)"),
-    }[stage]
-    if info.get("tune_vision_tower"):
-        trained += ", and the vision tower"
-
-    metrics = _final_metrics(trainer.state.log_history)
-    lines = [
-        *front,
-        "",
-        f"# {repo_id}",
-        "",
-        f"A {arch} vision-language model trained with `minillava sft`, stage **{stage}**: "
-        f"{trained}, with TRL's `SFTTrainer` (loss on the assistant turns only).",
-        "",
-        "## Model",
-        "",
-        f"- starting point: `{base}`",
-        f"- vision tower: {_component(config.vision_config)}",
-    ]
-    if hasattr(config, "qformer_config"):
-        lines.append(
-            f"- connector: BLIP-2 Q-Former with {config.num_query_tokens} queries (frozen) + linear projection"
-        )
-    else:
-        lines.append(f"- connector: `{config.projector_type}` projector, vision layer {config.vision_feature_layer}")
-    lines += [
-        f"- language model: {_component(config.text_config)}",
-        f"- image tokens per image: {config.image_seq_length}",
-        "",
-        "## Data",
-        "",
-        f"- dataset: `{dataset_name}` (format `{info.get('dataset_format')}`)",
-        f"- samples used: {info.get('num_samples')}, skipped: {info.get('num_skipped', 0)}",
-        "",
-        "## Hyperparameters",
-        "",
-        "| setting | value |",
-        "|---|---|",
-        *[f"| {key} | {value} |" for key, value in hyper.items()],
-        "",
-        "## Results",
-        "",
-    ]
-    if metrics:
-        lines += ["| metric | value |", "|---|---|", *[f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items())]]
-    else:
-        lines.append("Training has not logged any metric yet.")
-    lines += ["", "## How to load", ""]
-    if is_adapter:
-        lines += [
-            "A LoRA adapter (the connector is saved in full with it). Merge it into a full model with",
-            f"`minillava merge {repo_id} --output-dir merged`, or load it on its base:",
-            "",
-            "```python",
-            "from peft import PeftModel",
-            "from transformers import AutoModelForImageTextToText, AutoProcessor",
-            "",
-            f'base = AutoModelForImageTextToText.from_pretrained("{base}", trust_remote_code=True)',
-            f'model = PeftModel.from_pretrained(base, "{repo_id}")',
-            f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)',
-            "```",
-        ]
-    else:
-        lines += [
-            "```python",
-            "from PIL import Image",
-            "from transformers import AutoModelForImageTextToText, AutoProcessor",
-            "",
-            f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}", trust_remote_code=True)',
-            f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)',
-            'messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the '
-            'image?"}]}]',
-            "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)",
-            'inputs = processor(images=[Image.open("image.jpg")], text=[prompt], return_tensors="pt")',
-            "output = model.generate(**inputs, max_new_tokens=64)",
-            'print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
-            "```",
-            "",
-            "With minillava installed, `trust_remote_code` is not needed.",
-        ]
-    return "\n".join(lines) + "\n"
+        return save_loss_curve(self.state.log_history, Path(self.args.output_dir) / LOSS_CURVE_NAME, title)
 
 
 __all__ = ["MiniLlavaSFTTrainer", "model_card"]
