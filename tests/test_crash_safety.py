@@ -231,7 +231,7 @@ def small_disk(tmp_path, request):
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)  # also when a file there is still open
 
 
 @pytest.mark.parametrize(

@@ -50,8 +50,14 @@ def answers_file(path, answers):
     records = []
     for number, item in enumerate(items):
         question_id, text, *rest = item
-        record = {"question_id": question_id, "prompt": rest[0] if rest else "q", "text": text,
-                  "answer_id": f"id{number}", "model_id": "llava-v1.5-7b", "metadata": {}}
+        record = {
+            "question_id": question_id,
+            "prompt": rest[0] if rest else "q",
+            "text": text,
+            "answer_id": f"id{number}",
+            "model_id": "llava-v1.5-7b",
+            "metadata": {},
+        }
         records.append(record)
     return write_jsonl(path, records)
 
@@ -147,14 +153,30 @@ def test_vqa_accuracy_normalises_both_sides():
 
 
 def textvqa_fixture(tmp_path):
-    data = {"dataset_name": "textvqa", "dataset_version": "0.5.1", "data": [
-        {"question_id": 34602, "image_id": "003a8ae2ef43b901", "question": "what is the brand of this camera?",
-         "answers": ["dakota"] * 6 + ["dakota digital"] * 3 + ["nous les gosses"]},
-        {"question_id": 34603, "image_id": "003a8ae2ef43b901", "question": "what does the small text say?",
-         "answers": ["dakota digital"] * 3 + ["dakota"] * 7},
-        {"question_id": 34604, "image_id": "00685bc495504d61", "question": "what is written on the sign?",
-         "answers": ["nous les gosses"] + ["stop"] * 9},
-    ]}
+    data = {
+        "dataset_name": "textvqa",
+        "dataset_version": "0.5.1",
+        "data": [
+            {
+                "question_id": 34602,
+                "image_id": "003a8ae2ef43b901",
+                "question": "what is the brand of this camera?",
+                "answers": ["dakota"] * 6 + ["dakota digital"] * 3 + ["nous les gosses"],
+            },
+            {
+                "question_id": 34603,
+                "image_id": "003a8ae2ef43b901",
+                "question": "what does the small text say?",
+                "answers": ["dakota digital"] * 3 + ["dakota"] * 7,
+            },
+            {
+                "question_id": 34604,
+                "image_id": "00685bc495504d61",
+                "question": "what is written on the sign?",
+                "answers": ["nous les gosses"] + ["stop"] * 9,
+            },
+        ],
+    }
     return write_json(tmp_path / "TextVQA_0.5.1_val.json", data)
 
 
@@ -167,17 +189,21 @@ def test_textvqa_traced_through_m4c_evaluator(tmp_path):
     #   "Nous les gosses"  -> "nous les gosses": 1 human -> 0.3
     #   accuracy = (1.0 + 0.9 + 0.3) / 3 = 0.7333 -> "Accuracy: 73.33%"
     ocr = "\nReference OCR token: DAKOTA, DIGITAL\n" + SHORT
-    answers = answers_file(tmp_path / "answers.jsonl", [
-        ("003a8ae2ef43b901", "Dakota", "what is the brand of this camera?" + ocr),
-        ("003a8ae2ef43b901", "dakota digital.", "what does the small text say?" + ocr),
-        ("00685bc495504d61", "Nous les gosses", "what is written on the sign?\n" + SHORT),
-    ])
+    answers = answers_file(
+        tmp_path / "answers.jsonl",
+        [
+            ("003a8ae2ef43b901", "Dakota", "what is the brand of this camera?" + ocr),
+            ("003a8ae2ef43b901", "dakota digital.", "what does the small text say?" + ocr),
+            ("00685bc495504d61", "Nous les gosses", "what is written on the sign?\n" + SHORT),
+        ],
+    )
     results = evaluate("textvqa", answers, textvqa_fixture(tmp_path))
     assert results["overall"] == pytest.approx(100 * 2.2 / 3)
     assert results["metrics"]["num_questions"] == 3 and results["num_unmatched_answers"] == 0
     # TextVQA's own question ids match too
-    results = evaluate("textvqa", answers_file(tmp_path / "by_id.jsonl", {34602: "dakota", 34604: "stop"}),
-                       textvqa_fixture(tmp_path))
+    results = evaluate(
+        "textvqa", answers_file(tmp_path / "by_id.jsonl", {34602: "dakota", 34604: "stop"}), textvqa_fixture(tmp_path)
+    )
     assert results["overall"] == pytest.approx(100 * 2 / 3)  # 34603 has no answer: counted wrong
     assert results["metrics"]["num_missing"] == 1
 
@@ -186,14 +212,37 @@ def vqav2_fixture(tmp_path):
     def humans(*answers):
         return [{"answer": answer, "answer_confidence": "yes", "answer_id": i + 1} for i, answer in enumerate(answers)]
 
-    annotations = {"info": {}, "license": {}, "data_subtype": "val2014", "annotations": [
-        {"question_id": 1, "image_id": 42, "question_type": "is the", "answer_type": "yes/no",
-         "multiple_choice_answer": "yes", "answers": humans(*["yes"] * 10)},
-        {"question_id": 2, "image_id": 42, "question_type": "how many", "answer_type": "number",
-         "multiple_choice_answer": "2", "answers": humans(*["2"] * 2, *["3"] * 8)},
-        {"question_id": 3, "image_id": 43, "question_type": "what color", "answer_type": "other",
-         "multiple_choice_answer": "red", "answers": humans(*["red"] * 5, *["dark red"] * 5)},
-    ]}
+    annotations = {
+        "info": {},
+        "license": {},
+        "data_subtype": "val2014",
+        "annotations": [
+            {
+                "question_id": 1,
+                "image_id": 42,
+                "question_type": "is the",
+                "answer_type": "yes/no",
+                "multiple_choice_answer": "yes",
+                "answers": humans(*["yes"] * 10),
+            },
+            {
+                "question_id": 2,
+                "image_id": 42,
+                "question_type": "how many",
+                "answer_type": "number",
+                "multiple_choice_answer": "2",
+                "answers": humans(*["2"] * 2, *["3"] * 8),
+            },
+            {
+                "question_id": 3,
+                "image_id": 43,
+                "question_type": "what color",
+                "answer_type": "other",
+                "multiple_choice_answer": "red",
+                "answers": humans(*["red"] * 5, *["dark red"] * 5),
+            },
+        ],
+    }
     return write_json(tmp_path / "v2_mscoco_val2014_annotations.json", annotations)
 
 
@@ -209,12 +258,19 @@ def test_vqav2_accuracy_and_answer_types(tmp_path):
 def test_vqav2_submission_file(tmp_path):
     # as scripts/convert_vqav2_for_submission.py: every question of the split in order, the EvalAI-processed answer,
     # "" where the model gave none
-    questions = write_jsonl(tmp_path / "llava_vqav2_mscoco_test-dev2015.jsonl", [
-        {"question_id": 262144000, "image": "COCO_test2015_000000262144.jpg", "text": "Is it sunny?\n" + SHORT,
-         "category": "default"},
-        {"question_id": 262144001, "image": "COCO_test2015_000000262144.jpg", "text": "How many?\n" + SHORT},
-        {"question_id": 262144002, "image": "COCO_test2015_000000262144.jpg", "text": "What is it?\n" + SHORT},
-    ])
+    questions = write_jsonl(
+        tmp_path / "llava_vqav2_mscoco_test-dev2015.jsonl",
+        [
+            {
+                "question_id": 262144000,
+                "image": "COCO_test2015_000000262144.jpg",
+                "text": "Is it sunny?\n" + SHORT,
+                "category": "default",
+            },
+            {"question_id": 262144001, "image": "COCO_test2015_000000262144.jpg", "text": "How many?\n" + SHORT},
+            {"question_id": 262144002, "image": "COCO_test2015_000000262144.jpg", "text": "What is it?\n" + SHORT},
+        ],
+    )
     answers = answers_file(tmp_path / "answers.jsonl", {262144000: "Yes.", 262144002: "A dog"})
     counts = write_vqav2_submission(answers, questions, tmp_path / "upload" / "submission.json")
     assert json.loads((tmp_path / "upload" / "submission.json").read_text()) == [
@@ -229,20 +285,36 @@ def vizwiz_fixture(tmp_path):
     def humans(*answers):
         return [{"answer": answer, "answer_confidence": "yes"} for answer in answers]
 
-    return write_json(tmp_path / "val.json", [
-        {"image": "VizWiz_val_00000000.jpg", "question": "What is this?", "answerable": 1, "answer_type": "other",
-         "answers": humans(*["soup"] * 4, *["can"] * 6)},
-        {"image": "VizWiz_val_00000001.jpg", "question": "What colour?", "answerable": 0,
-         "answer_type": "unanswerable", "answers": humans(*["unanswerable"] * 10)},
-    ])
+    return write_json(
+        tmp_path / "val.json",
+        [
+            {
+                "image": "VizWiz_val_00000000.jpg",
+                "question": "What is this?",
+                "answerable": 1,
+                "answer_type": "other",
+                "answers": humans(*["soup"] * 4, *["can"] * 6),
+            },
+            {
+                "image": "VizWiz_val_00000001.jpg",
+                "question": "What colour?",
+                "answerable": 0,
+                "answer_type": "unanswerable",
+                "answers": humans(*["unanswerable"] * 10),
+            },
+        ],
+    )
 
 
 def test_vizwiz_matches_by_image_and_writes_its_submission(tmp_path):
     prompt = "When the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT
-    questions = write_jsonl(tmp_path / "llava_val.jsonl", [
-        {"question_id": 0, "image": "VizWiz_val_00000000.jpg", "text": "What is this?\n" + prompt},
-        {"question_id": 1, "image": "VizWiz_val_00000001.jpg", "text": "What colour?\n" + prompt},
-    ])
+    questions = write_jsonl(
+        tmp_path / "llava_val.jsonl",
+        [
+            {"question_id": 0, "image": "VizWiz_val_00000000.jpg", "text": "What is this?\n" + prompt},
+            {"question_id": 1, "image": "VizWiz_val_00000001.jpg", "text": "What colour?\n" + prompt},
+        ],
+    )
     answers = answers_file(tmp_path / "answers.jsonl", {0: "Soup", 1: "Unanswerable"})
     results = evaluate("vizwiz", answers, vizwiz_fixture(tmp_path), questions=questions)
     # soup: 4 matches -> 1.0; unanswerable: 10 -> 1.0
@@ -258,11 +330,14 @@ def test_vizwiz_matches_by_image_and_writes_its_submission(tmp_path):
 
 
 def test_generic_vqa_exact_match_and_vqa_accuracy(tmp_path):
-    data = write_jsonl(tmp_path / "custom.jsonl", [
-        {"question_id": "q1", "image": "1.png", "text": "Colour?", "answer": "red"},
-        {"question_id": "q2", "image": "2.png", "text": "Animal?", "answers": ["cat", "kitten"]},
-        {"question_id": "q3", "image": "3.png", "text": "Count?", "answer": "3"},
-    ])
+    data = write_jsonl(
+        tmp_path / "custom.jsonl",
+        [
+            {"question_id": "q1", "image": "1.png", "text": "Colour?", "answer": "red"},
+            {"question_id": "q2", "image": "2.png", "text": "Animal?", "answers": ["cat", "kitten"]},
+            {"question_id": "q3", "image": "3.png", "text": "Count?", "answer": "3"},
+        ],
+    )
     answers = answers_file(tmp_path / "answers.jsonl", {"q1": "Red.", "q2": "kitten"})  # q3 unanswered
     results = evaluate("vqa", answers, data)
     assert results["overall"] == pytest.approx(200 / 3) and results["overall_metric"] == "exact match (%)"
@@ -278,16 +353,39 @@ def test_generic_vqa_exact_match_and_vqa_accuracy(tmp_path):
 
 
 def gqa_fixture(tmp_path):
-    return write_json(tmp_path / "testdev_balanced_questions.json", {
-        "201": {"imageId": "n1", "question": "Is it sunny?", "answer": "yes", "isBalanced": True,
-                "types": {"structural": "verify", "semantic": "global", "detailed": "weatherVerify"}},
-        "202": {"imageId": "n1", "question": "What colour is the car?", "answer": "red", "isBalanced": True,
-                "types": {"structural": "query", "semantic": "attr", "detailed": "colorQuery"}},
-        "203": {"imageId": "n2", "question": "Which side is the cup on?", "answer": "left", "isBalanced": True,
-                "types": {"structural": "query", "semantic": "rel", "detailed": "positionQuery"}},
-        "204": {"imageId": "n2", "question": "Is there a cup?", "answer": "yes", "isBalanced": False,
-                "types": {"structural": "verify", "semantic": "obj", "detailed": "existVerify"}},
-    })
+    return write_json(
+        tmp_path / "testdev_balanced_questions.json",
+        {
+            "201": {
+                "imageId": "n1",
+                "question": "Is it sunny?",
+                "answer": "yes",
+                "isBalanced": True,
+                "types": {"structural": "verify", "semantic": "global", "detailed": "weatherVerify"},
+            },
+            "202": {
+                "imageId": "n1",
+                "question": "What colour is the car?",
+                "answer": "red",
+                "isBalanced": True,
+                "types": {"structural": "query", "semantic": "attr", "detailed": "colorQuery"},
+            },
+            "203": {
+                "imageId": "n2",
+                "question": "Which side is the cup on?",
+                "answer": "left",
+                "isBalanced": True,
+                "types": {"structural": "query", "semantic": "rel", "detailed": "positionQuery"},
+            },
+            "204": {
+                "imageId": "n2",
+                "question": "Is there a cup?",
+                "answer": "yes",
+                "isBalanced": False,
+                "types": {"structural": "verify", "semantic": "obj", "detailed": "existVerify"},
+            },
+        },
+    )
 
 
 def test_gqa_exact_match_traced_through_eval_py(tmp_path):
@@ -298,8 +396,9 @@ def test_gqa_exact_match_traced_through_eval_py(tmp_path):
     #   203 "The left one." -> "the left one" != "left" -> 0   (open)
     #   204 not balanced: not scored
     #   accuracy = 2/3 = 66.67%, binary 100%, open 50%
-    answers = answers_file(tmp_path / "answers.jsonl", {"201": "Yes.", "202": "Red", "203": "The left one.",
-                                                        "204": "no"})
+    answers = answers_file(
+        tmp_path / "answers.jsonl", {"201": "Yes.", "202": "Red", "203": "The left one.", "204": "no"}
+    )
     results = evaluate("gqa", answers, gqa_fixture(tmp_path))
     metrics = results["metrics"]
     assert results["overall"] == pytest.approx(200 / 3)
@@ -340,15 +439,25 @@ def test_pope_answer_parsing_as_eval_pope(text, expected):
 def pope_fixture(tmp_path):
     folder = tmp_path / "coco"
     folder.mkdir(exist_ok=True)
-    write_jsonl(folder / "coco_pope_random.json", [
-        {"question_id": i, "image": f"COCO_val2014_{i:012d}.jpg", "text": "Is there a dog in the image?",
-         "label": "yes" if i <= 6 else "no"}
-        for i in range(1, 11)
-    ])
-    write_jsonl(folder / "coco_pope_popular.json", [
-        {"question_id": 1, "image": "COCO_val2014_000000000100.jpg", "text": "Is there a cat?", "label": "yes"},
-        {"question_id": 2, "image": "COCO_val2014_000000000100.jpg", "text": "Is there a car?", "label": "no"},
-    ])
+    write_jsonl(
+        folder / "coco_pope_random.json",
+        [
+            {
+                "question_id": i,
+                "image": f"COCO_val2014_{i:012d}.jpg",
+                "text": "Is there a dog in the image?",
+                "label": "yes" if i <= 6 else "no",
+            }
+            for i in range(1, 11)
+        ],
+    )
+    write_jsonl(
+        folder / "coco_pope_popular.json",
+        [
+            {"question_id": 1, "image": "COCO_val2014_000000000100.jpg", "text": "Is there a cat?", "label": "yes"},
+            {"question_id": 2, "image": "COCO_val2014_000000000100.jpg", "text": "Is there a car?", "label": "no"},
+        ],
+    )
     return folder
 
 
@@ -360,8 +469,18 @@ def test_pope_confusion_table_by_hand(tmp_path):
     #   F1        = 2 P R / (P + R) = 2 (4/5)(2/3) / (4/5 + 2/3) = (16/15) / (22/15) = 8/11
     #   yes ratio = 5/10 (eval_pope.py: yes answers over all answers)
     # popular: both right -> F1 1; overall = mean F1 over the splits = (8/11 + 1) / 2
-    texts = {1: "Yes", 2: "Yes, there is.", 3: "Yes", 4: "yes", 5: "No.", 6: "There is not a dog.", 7: "Yes",
-             8: "No", 9: "No", 10: "No, there is not."}
+    texts = {
+        1: "Yes",
+        2: "Yes, there is.",
+        3: "Yes",
+        4: "yes",
+        5: "No.",
+        6: "There is not a dog.",
+        7: "Yes",
+        8: "No",
+        9: "No",
+        10: "No, there is not.",
+    }
     questions, answers = [], []
     for i, text in texts.items():
         questions.append({"question_id": i, "image": "x.jpg", "text": "q", "category": "random"})
@@ -369,8 +488,12 @@ def test_pope_confusion_table_by_hand(tmp_path):
     for i, text in ((101, "Yes"), (102, "No")):  # popular's answers, numbered apart as in llava_pope_test.jsonl
         questions.append({"question_id": i, "image": "y.jpg", "text": "q", "category": "popular"})
         answers.append((i, text))
-    results = evaluate("pope", answers_file(tmp_path / "answers.jsonl", answers), pope_fixture(tmp_path),
-                       questions=write_jsonl(tmp_path / "llava_pope_test.jsonl", questions))
+    results = evaluate(
+        "pope",
+        answers_file(tmp_path / "answers.jsonl", answers),
+        pope_fixture(tmp_path),
+        questions=write_jsonl(tmp_path / "llava_pope_test.jsonl", questions),
+    )
     random = results["metrics"]["per_split"]["random"]
     assert (random["tp"], random["fp"], random["tn"], random["fn"]) == (4, 1, 3, 2)
     assert random["accuracy"] == pytest.approx(0.7) and random["precision"] == pytest.approx(0.8)
@@ -384,8 +507,9 @@ def test_pope_confusion_table_by_hand(tmp_path):
 def test_pope_matches_one_split_by_id_and_counts_a_missing_answer_wrong(tmp_path):
     labels = pope_fixture(tmp_path) / "coco_pope_random.json"
     # every answer right but question 6 (label yes) missing: it counts as a "no" -> FN 1
-    answers = answers_file(tmp_path / "answers.jsonl", {i: "Yes" if i <= 5 else "No" for i in (1, 2, 3, 4, 5, 7, 8,
-                                                                                               9, 10)})
+    answers = answers_file(
+        tmp_path / "answers.jsonl", {i: "Yes" if i <= 5 else "No" for i in (1, 2, 3, 4, 5, 7, 8, 9, 10)}
+    )
     split = evaluate("pope", answers, labels)["metrics"]["per_split"]["random"]
     assert (split["tp"], split["fn"], split["fp"], split["tn"]) == (5, 1, 0, 4)
     skipped = evaluate("pope", answers, labels, skip_missing=True)["metrics"]["per_split"]["random"]
@@ -405,8 +529,9 @@ def test_pope_matches_by_order_when_ids_differ_as_eval_pope_does(tmp_path):
     labels = pope_fixture(tmp_path)
     questions = [{"question_id": 500 + i, "image": "x.jpg", "text": "q", "category": "popular"} for i in (1, 2)]
     answers = answers_file(tmp_path / "answers.jsonl", {501: "No", 502: "No"})
-    results = evaluate("pope", answers, labels / "coco_pope_popular.json",
-                       questions=write_jsonl(tmp_path / "q.jsonl", questions))
+    results = evaluate(
+        "pope", answers, labels / "coco_pope_popular.json", questions=write_jsonl(tmp_path / "q.jsonl", questions)
+    )
     popular = results["metrics"]["per_split"]["popular"]
     assert (popular["fn"], popular["tn"]) == (1, 1)
     with pytest.raises(EvalError, match="needs the question file"):
@@ -420,18 +545,22 @@ def test_pope_matches_by_order_when_ids_differ_as_eval_pope_does(tmp_path):
 def mme_fixture(tmp_path):
     root = tmp_path / "MME_Benchmark_release_version"
     (root / "existence").mkdir(parents=True, exist_ok=True)  # images and their question files side by side
-    (root / "existence" / "a.txt").write_text("Is there a dog? Please answer yes or no.\tYes\n"
-                                              "Is there a cat? Please answer yes or no.\tNo\n")
-    (root / "existence" / "b.txt").write_text("Is there a car? Please answer yes or no.\tYes\n"
-                                              "Is there a bus? Please answer yes or no.\tNo\n")
+    (root / "existence" / "a.txt").write_text(
+        "Is there a dog? Please answer yes or no.\tYes\nIs there a cat? Please answer yes or no.\tNo\n"
+    )
+    (root / "existence" / "b.txt").write_text(
+        "Is there a car? Please answer yes or no.\tYes\nIs there a bus? Please answer yes or no.\tNo\n"
+    )
     (root / "artwork" / "questions_answers_YN").mkdir(parents=True, exist_ok=True)  # questions apart from images/
     (root / "artwork" / "images").mkdir(exist_ok=True)
     (root / "artwork" / "questions_answers_YN" / "10002.txt").write_text(
         "Is this artwork created by Monet? Please answer yes or no.\tYes\n"
-        "Is this artwork created by Dali? Please answer yes or no.\tNo\n")
+        "Is this artwork created by Dali? Please answer yes or no.\tNo\n"
+    )
     (root / "code_reasoning").mkdir(exist_ok=True)
-    (root / "code_reasoning" / "0020.txt").write_text("Is the output 3? Please answer yes or no.\tYes\n"
-                                                      "Is the output 4? Please answer yes or no.\tNo\n")
+    (root / "code_reasoning" / "0020.txt").write_text(
+        "Is the output 3? Please answer yes or no.\tYes\nIs the output 4? Please answer yes or no.\tNo\n"
+    )
     return root
 
 
@@ -459,8 +588,14 @@ def test_mme_acc_plus_by_hand(tmp_path):
     answers = mme_answers(tmp_path, [("Yes", "No"), ("No", "No"), ("Yes, it is.", "Maybe"), ("Yes", "No")])
     results = evaluate("mme", answers, mme_fixture(tmp_path))
     per_task = results["metrics"]["per_task"]
-    assert per_task["existence"] == {"acc": 75.0, "acc_plus": 50.0, "score": 125.0, "num_questions": 4,
-                                     "num_images": 2, "num_other": 0}
+    assert per_task["existence"] == {
+        "acc": 75.0,
+        "acc_plus": 50.0,
+        "score": 125.0,
+        "num_questions": 4,
+        "num_images": 2,
+        "num_other": 0,
+    }
     assert (per_task["artwork"]["score"], per_task["artwork"]["num_other"]) == (50.0, 1)
     assert results["overall"] == 175.0 and results["metrics"]["perception"] == 175.0
     assert results["metrics"]["cognition"] == 200.0
@@ -475,15 +610,23 @@ def test_mme_traced_through_calculation_py():
     #   right, image 2 none -> 1/2; task_score = 0.5 * 100 + 0.5 * 100 = 100
     items = {}
     predictions = {}
-    for image, question, gold, text in (("1", "Q1", "yes", "yes"), ("1", "Q2", "no", "No, it is not"),
-                                        ("2", "Q3", "yes", "Not sure"), ("2", "Q4", "no", "I think yes")):
+    for image, question, gold, text in (
+        ("1", "Q1", "yes", "yes"),
+        ("1", "Q2", "no", "No, it is not"),
+        ("2", "Q3", "yes", "Not sure"),
+        ("2", "Q4", "no", "I think yes"),
+    ):
         key = mme_key("color", image, question)
         items[key] = MMEItem("color", image, question, gold)
         predictions[key] = text
     metrics = scorers.score_mme(predictions, items)
     assert metrics["per_task"]["color"]["score"] == 100.0 and metrics["per_task"]["color"]["num_other"] == 1
     assert [scorers.parse_mme_answer(t) for t in ("Yes", "No, it is not", "Not sure", "I think yes")] == [
-        "yes", "no", "no", "other"]
+        "yes",
+        "no",
+        "no",
+        "other",
+    ]
 
 
 def test_mme_answers_need_their_prompt(tmp_path):
@@ -522,8 +665,10 @@ def mmbench_circular_tsv(tmp_path):
 def test_mmbench_circular_eval_fails_a_question_with_one_wrong_pass(tmp_path):
     # question 0: passes 0, 10^6, 2*10^6 right, 3*10^6 answered "A" (fish) where the cat is "B" -> not counted
     # question 1: both passes right ("A." reads as A) -> counted; CircularEval = 1/2, vanilla (main rows) = 2/2
-    answers = answers_file(tmp_path / "answers.jsonl", {0: "A", 1000000: "D", 2000000: "The answer is C.",
-                                                        3000000: "A", 1: "B", 1000001: "A."})
+    answers = answers_file(
+        tmp_path / "answers.jsonl",
+        {0: "A", 1000000: "D", 2000000: "The answer is C.", 3000000: "A", 1: "B", 1000001: "A."},
+    )
     results = evaluate("mmbench", answers, mmbench_circular_tsv(tmp_path))
     metrics = results["metrics"]
     assert results["overall"] == 50.0 and metrics["vanilla_accuracy"] == 100.0
@@ -535,12 +680,18 @@ def test_mmbench_llava_all_rounds_rotations(tmp_path):
     # llava/eval/model_vqa_mmbench.py --all-rounds asks row 7 once per rotation of its options (round r shows them
     # shifted left by r) and eval_mmbench.py maps the letter back (option_map). The right option "bird" (C) is
     # shown as C, B, A, D in rounds 0-3.
-    tsv = write_tsv(tmp_path / "mmbench.tsv", MMB_HEADER, [
-        [7, "Which flies?", "nan", "cat", "dog", "bird", "fish", "C", "recognition", "FP-S", "dev", "aGk="],
-        [8, "Which swims?", "nan", "cat", "dog", "bird", "fish", "D", "recognition", "FP-S", "dev", "aGk="],
-    ])
-    records = [{"question_id": 7, "round_id": r, "prompt": "q", "text": t}
-               for r, t in enumerate(["C", "B", "The answer is A.", "bird"])]
+    tsv = write_tsv(
+        tmp_path / "mmbench.tsv",
+        MMB_HEADER,
+        [
+            [7, "Which flies?", "nan", "cat", "dog", "bird", "fish", "C", "recognition", "FP-S", "dev", "aGk="],
+            [8, "Which swims?", "nan", "cat", "dog", "bird", "fish", "D", "recognition", "FP-S", "dev", "aGk="],
+        ],
+    )
+    records = [
+        {"question_id": 7, "round_id": r, "prompt": "q", "text": t}
+        for r, t in enumerate(["C", "B", "The answer is A.", "bird"])
+    ]
     # row 8: right in rounds 0, 1, 3 (D, C, A) but "D" in round 2, where "fish" is shown as B
     records += [{"question_id": 8, "round_id": r, "prompt": "q", "text": t} for r, t in enumerate("DCDA")]
     results = evaluate("mmbench", write_jsonl(tmp_path / "answers.jsonl", records), tsv)
@@ -599,16 +750,43 @@ def test_scienceqa_letter_extraction_as_eval_science_qa(text, num_choices, expec
 def scienceqa_fixture(tmp_path):
     folder = tmp_path / "scienceqa"
     folder.mkdir(exist_ok=True)
-    write_json(folder / "problems.json", {
-        "1": {"question": "Which is a mammal?", "choices": ["whale", "shark", "trout"], "answer": 0,
-              "image": "image.png", "split": "test", "hint": ""},
-        "2": {"question": "Which is magnetic?", "choices": ["iron", "wood"], "answer": 1, "image": "image.png",
-              "split": "test", "hint": ""},
-        "3": {"question": "Which is a verb?", "choices": ["run", "red", "rock"], "answer": 2, "image": None,
-              "split": "test", "hint": ""},
-        "4": {"question": "Which is hot?", "choices": ["ice", "fire"], "answer": 1, "image": "image.png",
-              "split": "val", "hint": ""},
-    })
+    write_json(
+        folder / "problems.json",
+        {
+            "1": {
+                "question": "Which is a mammal?",
+                "choices": ["whale", "shark", "trout"],
+                "answer": 0,
+                "image": "image.png",
+                "split": "test",
+                "hint": "",
+            },
+            "2": {
+                "question": "Which is magnetic?",
+                "choices": ["iron", "wood"],
+                "answer": 1,
+                "image": "image.png",
+                "split": "test",
+                "hint": "",
+            },
+            "3": {
+                "question": "Which is a verb?",
+                "choices": ["run", "red", "rock"],
+                "answer": 2,
+                "image": None,
+                "split": "test",
+                "hint": "",
+            },
+            "4": {
+                "question": "Which is hot?",
+                "choices": ["ice", "fire"],
+                "answer": 1,
+                "image": "image.png",
+                "split": "val",
+                "hint": "",
+            },
+        },
+    )
     write_json(folder / "pid_splits.json", {"train": [], "val": ["4"], "test": ["1", "2", "3"]})
     return folder
 
@@ -626,12 +804,20 @@ def test_scienceqa_img_accuracy(tmp_path):
 
 def test_scienceqa_llava_question_file(tmp_path):
     # LLaVA's llava_test_CQM-A.json: a JSON list of conversations, read as the first human turn without <image>
-    path = write_json(tmp_path / "llava_test_CQM-A.json", [
-        {"id": "1", "image": "1/image.png", "conversations": [
-            {"from": "human", "value": "<image>\nContext: N/A\nWhich is a mammal?\nA. whale\nB. shark"},
-            {"from": "gpt", "value": "The answer is A."}]},
-        {"id": "3", "conversations": [{"from": "human", "value": "Which is a verb?\nA. run\nB. red"}]},
-    ])
+    path = write_json(
+        tmp_path / "llava_test_CQM-A.json",
+        [
+            {
+                "id": "1",
+                "image": "1/image.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nContext: N/A\nWhich is a mammal?\nA. whale\nB. shark"},
+                    {"from": "gpt", "value": "The answer is A."},
+                ],
+            },
+            {"id": "3", "conversations": [{"from": "human", "value": "Which is a verb?\nA. run\nB. red"}]},
+        ],
+    )
     questions = read_questions(path)
     assert [(q.question_id, q.image) for q in questions] == [("1", "1/image.png"), ("3", None)]
     assert questions[0].text == "Context: N/A\nWhich is a mammal?\nA. whale\nB. shark"
@@ -643,8 +829,10 @@ def test_scienceqa_llava_question_file(tmp_path):
 
 def test_read_answers_takes_llava_answer_files(tmp_path):
     path = tmp_path / "answers.jsonl"
-    path.write_bytes(b'\xef\xbb\xbf{"question_id": 1, "prompt": "q?", "text": "yes", "answer_id": "x", '
-                     b'"model_id": "m", "metadata": {}}\n\n{"question_id": "a/b.png", "text": "no", "round_id": 2}\n')
+    path.write_bytes(
+        b'\xef\xbb\xbf{"question_id": 1, "prompt": "q?", "text": "yes", "answer_id": "x", '
+        b'"model_id": "m", "metadata": {}}\n\n{"question_id": "a/b.png", "text": "no", "round_id": 2}\n'
+    )
     first, second = read_answers(path)
     assert (first.question_id, first.text, first.prompt) == (1, "yes", "q?")
     assert (second.question_id, second.round_id, second.prompt) == ("a/b.png", 2, None)
@@ -687,10 +875,13 @@ def test_duplicate_answers_are_refused_with_both_lines(tmp_path):
 
 
 def test_read_questions_takes_llava_question_files(tmp_path):
-    path = write_jsonl(tmp_path / "llava_gqa_testdev_balanced.jsonl", [
-        {"question_id": "201", "image": "n1.jpg", "text": "Is it sunny?\n" + SHORT, "category": "default"},
-        {"question_id": 7, "text": "A text-only question"},
-    ])
+    path = write_jsonl(
+        tmp_path / "llava_gqa_testdev_balanced.jsonl",
+        [
+            {"question_id": "201", "image": "n1.jpg", "text": "Is it sunny?\n" + SHORT, "category": "default"},
+            {"question_id": 7, "text": "A text-only question"},
+        ],
+    )
     first, second = read_questions(path)
     assert (first.question_id, first.image, first.category) == ("201", "n1.jpg", "default")
     assert (second.image, second.category) == (None, None)
@@ -704,8 +895,10 @@ def test_annotation_readers_on_official_layouts(tmp_path):
     assert vqav2["2"].answers == ("2", "2", *["3"] * 8) and vqav2["2"].answer_type == "number"
     textvqa = formats.read_vqa_annotations(textvqa_fixture(tmp_path))
     assert textvqa["34602"].image == "003a8ae2ef43b901" and len(textvqa["34602"].answers) == 10
-    assert set(formats.read_vizwiz_annotations(vizwiz_fixture(tmp_path))) == {"VizWiz_val_00000000.jpg",
-                                                                              "VizWiz_val_00000001.jpg"}
+    assert set(formats.read_vizwiz_annotations(vizwiz_fixture(tmp_path))) == {
+        "VizWiz_val_00000000.jpg",
+        "VizWiz_val_00000001.jpg",
+    }
     gqa = formats.read_gqa_questions(gqa_fixture(tmp_path))
     assert (gqa["204"].is_balanced, gqa["202"].structural, gqa["202"].semantic) == (False, "query", "attr")
     pope = formats.read_pope_annotations(pope_fixture(tmp_path))
@@ -732,8 +925,9 @@ def test_annotation_errors_are_named(tmp_path):
     path = write_json(tmp_path / "gqa.json", {"5": {"question": "q", "isBalanced": True}})
     with pytest.raises(EvalFileError, match="question '5': missing 'answer'"):
         formats.read_gqa_questions(path)
-    path = write_jsonl(tmp_path / "coco_pope_random.json", [{"question_id": 1, "label": "yes"},
-                                                            {"question_id": 2, "label": "maybe"}])
+    path = write_jsonl(
+        tmp_path / "coco_pope_random.json", [{"question_id": 1, "label": "yes"}, {"question_id": 2, "label": "maybe"}]
+    )
     with pytest.raises(EvalFileError, match="line 2: 'label' must be 'yes' or 'no', got 'maybe'"):
         formats.read_pope_annotations(path)
     root = mme_fixture(tmp_path)
@@ -772,17 +966,28 @@ def test_paper_table_8_prompts_verbatim():
         ("VQAv2", "GQA", "TextVQA", "MME", "POPE"): "Answer the question using a single word or phrase.",
         ("ScienceQA", "MMBench", "SEED-Bench"): "Answer with the option’s letter from the given choices directly.",
         ("VizWiz",): "When the provided information is insufficient, respond with ‘Unanswerable’. Answer the "
-                     "question using a single word or phrase.",
+        "question using a single word or phrase.",
     }
     assert benchmarks.PAPER_TRAINING_PROMPTS["A-OKVQA"] == (
-        "50K", ("Answer with the option’s letter from the given choices directly.",))
+        "50K",
+        ("Answer with the option’s letter from the given choices directly.",),
+    )
     assert benchmarks.PAPER_TRAINING_PROMPTS["TextCaps"][1] == (
-        "Provide a one-sentence caption for the provided image.",)
+        "Provide a one-sentence caption for the provided image.",
+    )
 
 
 def test_registry_prompts_are_the_papers():
-    names = {"vqav2": "VQAv2", "gqa": "GQA", "textvqa": "TextVQA", "mme": "MME", "pope": "POPE",
-             "scienceqa": "ScienceQA", "mmbench": "MMBench", "vizwiz": "VizWiz"}
+    names = {
+        "vqav2": "VQAv2",
+        "gqa": "GQA",
+        "textvqa": "TextVQA",
+        "mme": "MME",
+        "pope": "POPE",
+        "scienceqa": "ScienceQA",
+        "mmbench": "MMBench",
+        "vizwiz": "VizWiz",
+    }
     assert set(BENCHMARKS) == {*names, "vqa"}
     for name, title in names.items():
         paper = next(prompt for group, prompt in PAPER_EVAL_PROMPTS.items() if title in group)
@@ -795,15 +1000,20 @@ def test_registry_prompts_are_the_papers():
 def test_add_response_prompt():
     assert add_response_prompt("What colour is the bus?", "vqav2") == f"What colour is the bus?\n{SHORT}"
     # already there, as in LLaVA's released question files (or with the paper's typography): unchanged
-    for text in (f"What colour?\n{SHORT}", "What colour? answer the question using a single word or phrase.",
-                 "Which?\nA. x\nB. y\nAnswer with the option’s letter from the given choices directly."):
+    for text in (
+        f"What colour?\n{SHORT}",
+        "What colour? answer the question using a single word or phrase.",
+        "Which?\nA. x\nB. y\nAnswer with the option’s letter from the given choices directly.",
+    ):
         benchmark = "mmbench" if "Which" in text else "gqa"
         assert add_response_prompt(text, benchmark) == text
     assert add_response_prompt("Which?\nA. x\nB. y", "scienceqa") == (
-        "Which?\nA. x\nB. y\nAnswer with the option's letter from the given choices directly.")
+        "Which?\nA. x\nB. y\nAnswer with the option's letter from the given choices directly."
+    )
     # a short-answer question given to VizWiz gets VizWiz's prompt instead of its own
     assert add_response_prompt(f"What is this?\n{SHORT}", "vizwiz") == (
-        "What is this?\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT)
+        "What is this?\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT
+    )
     # MME's questions carry "Please answer yes or no." and get the short-answer prompt after it
     assert add_response_prompt("Is there a dog? Please answer yes or no.", "mme").endswith(f"no.\n{SHORT}")
 
@@ -820,8 +1030,10 @@ def test_results_file(tmp_path):
 
 
 def test_eval_core_pulls_in_neither_torch_nor_the_demo_world():
-    code = ("import sys, minillava.train.eval; "
-            "print(any(m == 'torch' or m.startswith('minillava.train.demo') for m in sys.modules))")
+    code = (
+        "import sys, minillava.train.eval; "
+        "print(any(m == 'torch' or m.startswith('minillava.train.demo') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -14,6 +14,7 @@ COMMANDS = {
     "merge": ("minillava.train.merge", "merge a LoRA adapter into a full model"),
     "convert": ("minillava.train.convert", "convert llava-hf, original LLaVA and MiniGPT-4 checkpoints"),
     "demo": ("minillava.train.demo", "offline two-stage demo for both architectures on a synthetic world"),
+    "eval": ("minillava.train.eval.run", "answer and score a benchmark as LLaVA-1.5's evaluation (resumable)"),
 }
 
 

@@ -7,8 +7,9 @@ the scorers the published numbers come from, and the results and submission file
 | [`benchmarks`] | `BENCHMARKS`, `add_response_prompt`, `evaluate`, `write_results`, `write_vqav2_submission` |
 | [`scorers`] | `normalize_answer` (official VQA normalisation), `vqa_accuracy`, one `score_<benchmark>` per benchmark |
 | [`formats`] | `read_questions`, `read_answers` and one reader per annotation format |
+| [`run`] | `minillava eval`: `generate_answers` (batched greedy, resumable answer JSONL), `evaluate_model`, `score_answers` |
 
-No model runs here: `minillava eval` generates the answers and calls these.
+Everything but [`run`] is pure Python; [`run`] imports torch and transformers only when a model is loaded.
 """
 
 from .benchmarks import (
@@ -28,6 +29,7 @@ from .benchmarks import (
     write_vqav2_submission,
 )
 from .formats import Answer, EvalFileError, Question, read_answers, read_questions
+from .run import evaluate_model, generate_answers, load_model, save_results_plot, score_answers
 from .scorers import normalize_answer, vqa_accuracy
 
 
@@ -45,10 +47,15 @@ __all__ = [
     "Question",
     "add_response_prompt",
     "evaluate",
+    "evaluate_model",
+    "generate_answers",
     "get_benchmark",
+    "load_model",
     "normalize_answer",
     "read_answers",
     "read_questions",
+    "save_results_plot",
+    "score_answers",
     "vqa_accuracy",
     "write_results",
     "write_vizwiz_submission",

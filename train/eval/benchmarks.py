@@ -38,7 +38,7 @@ PAPER_EVAL_PROMPTS: dict[tuple[str, ...], str | None] = {
     ("VQAv2", "GQA", "TextVQA", "MME", "POPE"): "Answer the question using a single word or phrase.",
     ("ScienceQA", "MMBench", "SEED-Bench"): "Answer with the option’s letter from the given choices directly.",
     ("VizWiz",): "When the provided information is insufficient, respond with ‘Unanswerable’. "
-                 "Answer the question using a single word or phrase.",
+    "Answer the question using a single word or phrase.",
 }
 # The paper's Table 7 (the instruction-following data mixture): each source's size and response-format prompts
 # (RefCOCO and VG share the note "randomly choose between the two formats" and its two prompts).
@@ -51,10 +51,20 @@ PAPER_TRAINING_PROMPTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "OCRVQA": ("80K", ("Answer the question using a single word or phrase.",)),
     "A-OKVQA": ("50K", ("Answer with the option’s letter from the given choices directly.",)),
     "TextCaps": ("22K", ("Provide a one-sentence caption for the provided image.",)),
-    "RefCOCO": ("30K", ("Provide a short description for this region.",
-                        "Provide the bounding box coordinate of the region this sentence describes.")),
-    "VG": ("86K", ("Provide a short description for this region.",
-                   "Provide the bounding box coordinate of the region this sentence describes.")),
+    "RefCOCO": (
+        "30K",
+        (
+            "Provide a short description for this region.",
+            "Provide the bounding box coordinate of the region this sentence describes.",
+        ),
+    ),
+    "VG": (
+        "86K",
+        (
+            "Provide a short description for this region.",
+            "Provide the bounding box coordinate of the region this sentence describes.",
+        ),
+    ),
 }
 # The prompts as LLaVA's released eval question files spell them (ASCII apostrophes; VizWiz's on two lines): the
 # paper's wording up to typography, which is what [`add_response_prompt`] appends.
@@ -127,13 +137,17 @@ def match_by_question_id(answers: Sequence[Answer], annotations: Mapping, questi
     return predictions, unmatched
 
 
-def match_textvqa(answers: Sequence[Answer], annotations: Mapping[str, formats.VQAAnnotation],
-                  questions: Mapping[str, Question] | None = None) -> Matched:
+def match_textvqa(
+    answers: Sequence[Answer],
+    annotations: Mapping[str, formats.VQAAnnotation],
+    questions: Mapping[str, Question] | None = None,
+) -> Matched:
     """TextVQA answers: by TextVQA's question id, or, as LLaVA's `eval_textvqa.py`, by the image id its question
     files use as `question_id` together with the question read from the answer's `prompt` ([`textvqa_question`])."""
     by_image_question = {
         (annotation.image, annotation.question.strip().lower()): key
-        for key, annotation in annotations.items() if annotation.image is not None and annotation.question
+        for key, annotation in annotations.items()
+        if annotation.image is not None and annotation.question
     }
     predictions: dict[Any, str] = {}
     sources: dict[Any, str] = {}
@@ -153,8 +167,11 @@ def match_textvqa(answers: Sequence[Answer], annotations: Mapping[str, formats.V
     return predictions, unmatched
 
 
-def match_vizwiz(answers: Sequence[Answer], annotations: Mapping[str, formats.VQAAnnotation],
-                 questions: Mapping[str, Question] | None = None) -> Matched:
+def match_vizwiz(
+    answers: Sequence[Answer],
+    annotations: Mapping[str, formats.VQAAnnotation],
+    questions: Mapping[str, Question] | None = None,
+) -> Matched:
     """VizWiz answers by image: LLaVA's VizWiz questions are numbered, the question file names each one's image."""
     predictions: dict[Any, str] = {}
     sources: dict[Any, str] = {}
@@ -170,16 +187,21 @@ def match_vizwiz(answers: Sequence[Answer], annotations: Mapping[str, formats.VQ
     return predictions, unmatched
 
 
-def match_pope(answers: Sequence[Answer], labels: Mapping[str, list[formats.POPELabel]],
-               questions: Mapping[str, Question] | None = None) -> Matched:
+def match_pope(
+    answers: Sequence[Answer],
+    labels: Mapping[str, list[formats.POPELabel]],
+    questions: Mapping[str, Question] | None = None,
+) -> Matched:
     """POPE answers keyed `(split, question_id)`. Each answer's split is its question's `category` (LLaVA's
     `llava_pope_test.jsonl`), or the only split given. Within a split, answers whose ids are all among the labels'
     ids match by id; otherwise, when there are as many answers as labels, they match in file order, as LLaVA's
     `eval_pope.py` pairs them."""
     splits = list(labels)
     if len(splits) > 1 and questions is None:
-        raise EvalError(f"POPE with several splits ({', '.join(splits)}) needs the question file: its 'category' "
-                        "names each question's split")
+        raise EvalError(
+            f"POPE with several splits ({', '.join(splits)}) needs the question file: its 'category' "
+            "names each question's split"
+        )
     by_split: dict[str, list[Answer]] = {split: [] for split in splits}
     unmatched = []
     for answer in answers:
@@ -203,14 +225,19 @@ def match_pope(answers: Sequence[Answer], labels: Mapping[str, list[formats.POPE
                 _add(predictions, sources, (split, label.question_id), answer)
         else:
             strangers = sum(str(answer.question_id) not in ids for answer in split_answers)
-            raise EvalError(f"POPE split {split!r}: {strangers} of its {len(split_answers)} answers have a "
-                            f"question_id that its labels ({labels[split][0].source.rsplit(':', 1)[0]}) lack, and "
-                            f"there are not as many answers as its {len(labels[split])} labels to pair them in order")
+            raise EvalError(
+                f"POPE split {split!r}: {strangers} of its {len(split_answers)} answers have a "
+                f"question_id that its labels ({labels[split][0].source.rsplit(':', 1)[0]}) lack, and "
+                f"there are not as many answers as its {len(labels[split])} labels to pair them in order"
+            )
     return predictions, unmatched
 
 
-def match_mme(answers: Sequence[Answer], items: Mapping[tuple[str, str, str], formats.MMEItem],
-              questions: Mapping[str, Question] | None = None) -> Matched:
+def match_mme(
+    answers: Sequence[Answer],
+    items: Mapping[tuple[str, str, str], formats.MMEItem],
+    questions: Mapping[str, Question] | None = None,
+) -> Matched:
     """MME answers keyed by [`mme_key`]: LLaVA's `question_id` is `task/<image file>`, shared by the image's two
     questions, which the answer's `prompt` tells apart."""
     predictions: dict[Any, str] = {}
@@ -218,8 +245,9 @@ def match_mme(answers: Sequence[Answer], items: Mapping[tuple[str, str, str], fo
     unmatched = []
     for answer in answers:
         if answer.prompt is None:
-            raise EvalError(f"{answer.source}: MME answers need their 'prompt' (an image's two questions share "
-                            "its question_id)")
+            raise EvalError(
+                f"{answer.source}: MME answers need their 'prompt' (an image's two questions share its question_id)"
+            )
         parts = str(answer.question_id).replace("\\", "/").split("/")
         key = formats.mme_key(parts[0], parts[-1], answer.prompt)
         if len(parts) >= 2 and key in items:
@@ -229,8 +257,9 @@ def match_mme(answers: Sequence[Answer], items: Mapping[tuple[str, str, str], fo
     return predictions, unmatched
 
 
-def match_mmbench(answers: Sequence[Answer], rows: Mapping[str, formats.MMBenchRow],
-                  questions: Mapping[str, Question] | None = None) -> Matched:
+def match_mmbench(
+    answers: Sequence[Answer], rows: Mapping[str, formats.MMBenchRow], questions: Mapping[str, Question] | None = None
+) -> Matched:
     """MMBench answers keyed `(index, round_id)` (round 0 where the answer has none)."""
     predictions: dict[Any, str] = {}
     sources: dict[Any, str] = {}
@@ -267,31 +296,97 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {
     benchmark.name: benchmark
     for benchmark in (
-        Benchmark("vqav2", "VQAv2", SHORT_ANSWER_PROMPT, "VQAv2's annotations JSON (v2_mscoco_*_annotations.json)",
-                  "VQA accuracy (%)", formats.read_vqa_annotations, match_by_question_id, scorers.score_vqav2),
-        Benchmark("gqa", "GQA", SHORT_ANSWER_PROMPT, "GQA's balanced questions JSON (testdev_balanced_questions.json)",
-                  "accuracy (%) on the balanced questions", formats.read_gqa_questions, match_by_question_id,
-                  scorers.score_gqa),
-        Benchmark("textvqa", "TextVQA", SHORT_ANSWER_PROMPT, "TextVQA's annotations JSON (TextVQA_0.5.1_val.json)",
-                  "VQA accuracy (%)", formats.read_vqa_annotations, match_textvqa, scorers.score_textvqa),
-        Benchmark("vizwiz", "VizWiz", VIZWIZ_PROMPT, "VizWiz's annotations JSON (val.json)", "VQA accuracy (%)",
-                  formats.read_vizwiz_annotations, match_vizwiz, scorers.score_vizwiz, needs_questions=True),
-        Benchmark("pope", "POPE", SHORT_ANSWER_PROMPT, "POPE's coco_pope_*.json label file, or their folder",
-                  "F1 (%) averaged over the POPE splits", formats.read_pope_annotations, match_pope,
-                  scorers.score_pope),
-        Benchmark("mme", "MME", SHORT_ANSWER_PROMPT, "MME's MME_Benchmark_release_version folder",
-                  "perception score (sum of acc + acc+ over the 10 perception tasks)", formats.read_mme_annotations,
-                  match_mme, scorers.score_mme),
-        Benchmark("mmbench", "MMBench", MULTIPLE_CHOICE_PROMPT, "MMBench's dev TSV (mmbench_dev_*.tsv)",
-                  "CircularEval accuracy (%)", formats.read_mmbench_tsv, match_mmbench, scorers.score_mmbench),
-        Benchmark("scienceqa", "ScienceQA-IMG", MULTIPLE_CHOICE_PROMPT,
-                  "ScienceQA's problems.json (pid_splits.json beside it)",
-                  "accuracy (%) on the test problems with an image", formats.read_scienceqa_problems,
-                  match_by_question_id, scorers.score_scienceqa),
-        Benchmark("vqa", "custom VQA", SHORT_ANSWER_PROMPT,
-                  "a JSONL of question_id with answer or answers (the question file itself will do)",
-                  "VQA accuracy (%) where every question has 10 answers, else exact match (%)",
-                  formats.read_vqa_jsonl, match_by_question_id, scorers.score_vqa),
+        Benchmark(
+            "vqav2",
+            "VQAv2",
+            SHORT_ANSWER_PROMPT,
+            "VQAv2's annotations JSON (v2_mscoco_*_annotations.json)",
+            "VQA accuracy (%)",
+            formats.read_vqa_annotations,
+            match_by_question_id,
+            scorers.score_vqav2,
+        ),
+        Benchmark(
+            "gqa",
+            "GQA",
+            SHORT_ANSWER_PROMPT,
+            "GQA's balanced questions JSON (testdev_balanced_questions.json)",
+            "accuracy (%) on the balanced questions",
+            formats.read_gqa_questions,
+            match_by_question_id,
+            scorers.score_gqa,
+        ),
+        Benchmark(
+            "textvqa",
+            "TextVQA",
+            SHORT_ANSWER_PROMPT,
+            "TextVQA's annotations JSON (TextVQA_0.5.1_val.json)",
+            "VQA accuracy (%)",
+            formats.read_vqa_annotations,
+            match_textvqa,
+            scorers.score_textvqa,
+        ),
+        Benchmark(
+            "vizwiz",
+            "VizWiz",
+            VIZWIZ_PROMPT,
+            "VizWiz's annotations JSON (val.json)",
+            "VQA accuracy (%)",
+            formats.read_vizwiz_annotations,
+            match_vizwiz,
+            scorers.score_vizwiz,
+            needs_questions=True,
+        ),
+        Benchmark(
+            "pope",
+            "POPE",
+            SHORT_ANSWER_PROMPT,
+            "POPE's coco_pope_*.json label file, or their folder",
+            "F1 (%) averaged over the POPE splits",
+            formats.read_pope_annotations,
+            match_pope,
+            scorers.score_pope,
+        ),
+        Benchmark(
+            "mme",
+            "MME",
+            SHORT_ANSWER_PROMPT,
+            "MME's MME_Benchmark_release_version folder",
+            "perception score (sum of acc + acc+ over the 10 perception tasks)",
+            formats.read_mme_annotations,
+            match_mme,
+            scorers.score_mme,
+        ),
+        Benchmark(
+            "mmbench",
+            "MMBench",
+            MULTIPLE_CHOICE_PROMPT,
+            "MMBench's dev TSV (mmbench_dev_*.tsv)",
+            "CircularEval accuracy (%)",
+            formats.read_mmbench_tsv,
+            match_mmbench,
+            scorers.score_mmbench,
+        ),
+        Benchmark(
+            "scienceqa",
+            "ScienceQA-IMG",
+            MULTIPLE_CHOICE_PROMPT,
+            "ScienceQA's problems.json (pid_splits.json beside it)",
+            "accuracy (%) on the test problems with an image",
+            formats.read_scienceqa_problems,
+            match_by_question_id,
+            scorers.score_scienceqa,
+        ),
+        Benchmark(
+            "vqa",
+            "custom VQA",
+            SHORT_ANSWER_PROMPT,
+            "a JSONL of question_id with answer or answers (the question file itself will do)",
+            "VQA accuracy (%) where every question has 10 answers, else exact match (%)",
+            formats.read_vqa_jsonl,
+            match_by_question_id,
+            scorers.score_vqa,
+        ),
     )
 }
 
@@ -344,14 +439,18 @@ def evaluate(
     if benchmark.needs_questions and question_map is None:
         ids_are_keys = any(str(answer.question_id) in parsed for answer in answer_list)
         if not ids_are_keys:
-            raise EvalError(f"{benchmark.title} needs the question file to match its answers to the annotations "
-                            "(the question file names each question's image)")
+            raise EvalError(
+                f"{benchmark.title} needs the question file to match its answers to the annotations "
+                "(the question file names each question's image)"
+            )
     predictions, unmatched = benchmark.match(answer_list, parsed, question_map)
     if answer_list and not predictions:
         example = answer_list[0]
-        raise EvalError(f"none of the {len(answer_list)} answers in {answers_name} matches a question of "
-                        f"{annotations_name} ({benchmark.annotations} expected); the first answer is for "
-                        f"question_id {example.question_id!r} ({example.source})")
+        raise EvalError(
+            f"none of the {len(answer_list)} answers in {answers_name} matches a question of "
+            f"{annotations_name} ({benchmark.annotations} expected); the first answer is for "
+            f"question_id {example.question_id!r} ({example.source})"
+        )
     metrics = benchmark.score(predictions, parsed, skip_missing=skip_missing)
     return {
         "benchmark": benchmark.name,
@@ -396,8 +495,9 @@ def _predictions(answers: PathLike | Sequence[Answer] | Mapping) -> dict[str, st
     return {str(answer.question_id): answer.text for answer in answer_list}
 
 
-def write_vqav2_submission(answers: PathLike | Sequence[Answer] | Mapping, questions: PathLike | Sequence[Question],
-                           path: PathLike) -> dict[str, int]:
+def write_vqav2_submission(
+    answers: PathLike | Sequence[Answer] | Mapping, questions: PathLike | Sequence[Question], path: PathLike
+) -> dict[str, int]:
     """The VQAv2 test-dev (or test) file EvalAI takes: `[{"question_id": int, "answer": str}]`, one entry per
     question of the question file in its order, the answer [`normalize_answer`]ed and `""` where there is none (as
     LLaVA's `scripts/convert_vqav2_for_submission.py`). Returns the counts of answered and missing questions."""
@@ -409,7 +509,9 @@ def write_vqav2_submission(answers: PathLike | Sequence[Answer] | Mapping, quest
         try:
             question_id = int(question.question_id)
         except ValueError:
-            raise EvalError(f"{question.source}: VQAv2 question ids are integers, got {question.question_id!r}") from None
+            raise EvalError(
+                f"{question.source}: VQAv2 question ids are integers, got {question.question_id!r}"
+            ) from None
         text = predictions.get(str(question.question_id))
         missing += text is None
         entries.append({"question_id": question_id, "answer": "" if text is None else scorers.normalize_answer(text)})
@@ -418,22 +520,29 @@ def write_vqav2_submission(answers: PathLike | Sequence[Answer] | Mapping, quest
     return {"num_questions": len(entries), "num_answered": len(entries) - missing, "num_missing": missing}
 
 
-def write_vizwiz_submission(answers: PathLike | Sequence[Answer] | Mapping, questions: PathLike | Sequence[Question],
-                            path: PathLike) -> dict[str, int]:
+def write_vizwiz_submission(
+    answers: PathLike | Sequence[Answer] | Mapping, questions: PathLike | Sequence[Question], path: PathLike
+) -> dict[str, int]:
     """The VizWiz file EvalAI takes: `[{"image": str, "answer": str}]` per question of the question file, answers
     [`normalize_answer`]ed (as LLaVA's `scripts/convert_vizwiz_for_submission.py`, which refuses missing answers)."""
     predictions = _predictions(answers)
     question_list = formats.read_questions(questions) if isinstance(questions, str | os.PathLike) else questions
     missing = [question for question in question_list if str(question.question_id) not in predictions]
     if missing:
-        raise EvalError(f"{len(missing)} VizWiz question(s) have no answer, e.g. {missing[0].question_id!r} "
-                        f"({missing[0].source}): the server wants one for every image")
+        raise EvalError(
+            f"{len(missing)} VizWiz question(s) have no answer, e.g. {missing[0].question_id!r} "
+            f"({missing[0].source}): the server wants one for every image"
+        )
     entries = []
     for question in question_list:
         if not question.image:
             raise EvalError(f"{question.source}: a VizWiz question needs its 'image'")
-        entries.append({"image": Path(question.image).name,
-                        "answer": scorers.normalize_answer(predictions[str(question.question_id)])})
+        entries.append(
+            {
+                "image": Path(question.image).name,
+                "answer": scorers.normalize_answer(predictions[str(question.question_id)]),
+            }
+        )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(entries), encoding="utf-8")
     return {"num_questions": len(entries), "num_answered": len(entries), "num_missing": 0}

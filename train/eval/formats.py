@@ -33,7 +33,16 @@ PathLike = str | os.PathLike
 ANSWER_LETTERS = "ABCDEFGHIJ"
 # MME's 14 sub-tasks: 10 perception and 4 cognition tasks, scored as two totals.
 MME_PERCEPTION_TASKS = (
-    "existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR",
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
 )
 MME_COGNITION_TASKS = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 MME_TASKS = MME_PERCEPTION_TASKS + MME_COGNITION_TASKS
@@ -168,7 +177,9 @@ def _load_json(path: PathLike) -> Any:
     except UnicodeDecodeError as error:
         raise EvalFileError(path, f"not UTF-8 ({error.reason} at byte {error.start})") from None
     except json.JSONDecodeError as error:
-        raise EvalFileError(path, f"not valid JSON ({error.msg})", f"line {error.lineno}, column {error.colno}") from None
+        raise EvalFileError(
+            path, f"not valid JSON ({error.msg})", f"line {error.lineno}, column {error.colno}"
+        ) from None
 
 
 def _records(path: PathLike) -> Iterator[tuple[str, dict]]:
@@ -205,7 +216,11 @@ def _records(path: PathLike) -> Iterator[tuple[str, dict]]:
 
 
 _KINDS: dict[Any, str] = {
-    "id": "a string or an integer", str: "a string", int: "an integer", list: "a list", dict: "an object",
+    "id": "a string or an integer",
+    str: "a string",
+    int: "an integer",
+    list: "a list",
+    dict: "an object",
 }
 
 
@@ -237,8 +252,9 @@ def _human_answers(path: PathLike, where: str, record: Mapping) -> tuple[str, ..
         if isinstance(answer, dict):
             answer = answer.get("answer")
         if not isinstance(answer, str):
-            raise EvalFileError(path, f"answers[{number}] must be a string or {{'answer': string}}, got "
-                                      f"{_type_name(answer)}", where)
+            raise EvalFileError(
+                path, f"answers[{number}] must be a string or {{'answer': string}}, got {_type_name(answer)}", where
+            )
         out.append(answer)
     if not out:
         raise EvalFileError(path, "'answers' is empty", where)
@@ -415,15 +431,18 @@ def read_gqa_questions(path: PathLike) -> dict[str, GQAQuestion]:
 def pope_split_name(path: PathLike) -> str:
     """The split a POPE file holds: `coco_pope_adversarial.json` -> `"adversarial"` (else the file's stem)."""
     stem = Path(path).name.rsplit(".", 1)[0]
-    return stem[len("coco_pope_"):] if stem.startswith("coco_pope_") and len(stem) > len("coco_pope_") else stem
+    return stem[len("coco_pope_") :] if stem.startswith("coco_pope_") and len(stem) > len("coco_pope_") else stem
 
 
 def read_pope_annotations(path: PathLike) -> dict[str, list[POPELabel]]:
     """POPE's label files, `{split: labels in file order}`: one `coco_pope_*.json` file, or a folder of them."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.startswith("coco_pope_")
-                       and p.suffix in (".json", ".jsonl"))
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and p.name.startswith("coco_pope_") and p.suffix in (".json", ".jsonl")
+        )
         if not files:
             raise EvalFileError(path, "no coco_pope_*.json file in this folder")
     elif path.exists():
@@ -440,10 +459,19 @@ def read_pope_annotations(path: PathLike) -> dict[str, list[POPELabel]]:
             if label not in ("yes", "no"):
                 raise EvalFileError(file, f"'label' must be 'yes' or 'no', got {label!r:.40}", where)
             if question_id in seen:
-                raise EvalFileError(file, f"duplicate question_id {question_id!r} (first at {seen[question_id]})", where)
+                raise EvalFileError(
+                    file, f"duplicate question_id {question_id!r} (first at {seen[question_id]})", where
+                )
             seen[question_id] = where
-            labels.append(POPELabel(question_id, label, _get(file, where, record, "image", str, required=False),
-                                    _get(file, where, record, "text", str, required=False), f"{file}:{where}"))
+            labels.append(
+                POPELabel(
+                    question_id,
+                    label,
+                    _get(file, where, record, "image", str, required=False),
+                    _get(file, where, record, "text", str, required=False),
+                    f"{file}:{where}",
+                )
+            )
         if not labels:
             raise EvalFileError(file, "no labels in this file")
         out[pope_split_name(file)] = labels
@@ -498,8 +526,11 @@ def read_mme_annotations(path: PathLike) -> dict[tuple[str, str, str], MMEItem]:
                     continue
                 parts = line.strip().split("\t")
                 if len(parts) != 2:
-                    raise EvalFileError(file, f"expected 'question<TAB>answer', got {len(parts)} tab-separated "
-                                              f"field(s): {line!r:.80}", where)
+                    raise EvalFileError(
+                        file,
+                        f"expected 'question<TAB>answer', got {len(parts)} tab-separated field(s): {line!r:.80}",
+                        where,
+                    )
                 question, answer = parts
                 if answer.strip().lower() not in ("yes", "no"):
                     raise EvalFileError(file, f"the answer must be Yes or No, got {answer!r:.40}", where)
@@ -534,8 +565,12 @@ def read_mmbench_tsv(path: PathLike, keep_images: bool = False) -> dict[str, MMB
         reader = csv.DictReader(handle, delimiter="\t")
         missing = [column for column in ("index", "question", "A", "B") if column not in (reader.fieldnames or ())]
         if missing:
-            raise EvalFileError(path, f"not an MMBench TSV: no {', '.join(repr(c) for c in missing)} column "
-                                      f"(columns: {', '.join(reader.fieldnames or ())})", "line 1")
+            raise EvalFileError(
+                path,
+                f"not an MMBench TSV: no {', '.join(repr(c) for c in missing)} column "
+                f"(columns: {', '.join(reader.fieldnames or ())})",
+                "line 1",
+            )
         letters = [letter for letter in ANSWER_LETTERS if letter in reader.fieldnames]
         try:
             for row in reader:
@@ -554,8 +589,12 @@ def read_mmbench_tsv(path: PathLike, keep_images: bool = False) -> dict[str, MMB
                     raise EvalFileError(path, f"index {index}: fewer than two options", where)
                 answer = _mmbench_cell(row, "answer")
                 if answer is not None and answer.strip() not in letters[: len(options)]:
-                    raise EvalFileError(path, f"index {index}: answer {answer!r:.20} is not one of its options "
-                                              f"{', '.join(letters[: len(options)])}", where)
+                    raise EvalFileError(
+                        path,
+                        f"index {index}: answer {answer!r:.20} is not one of its options "
+                        f"{', '.join(letters[: len(options)])}",
+                        where,
+                    )
                 mmbench_row = MMBenchRow(
                     index=index,
                     question=row["question"] or "",
@@ -591,14 +630,16 @@ def mmbench_questions(rows: Mapping[str, MMBenchRow], all_rounds: bool = False) 
     questions = []
     for row in rows.values():
         for round_id in range(len(row.options) if all_rounds else 1):
-            questions.append(Question(
-                question_id=row.index,
-                text=mmbench_question_text(row, round_id),
-                category=row.category,
-                round_id=round_id if all_rounds else None,
-                extra={"image_base64": row.image_base64},
-                source=f"MMBench index {row.index}",
-            ))
+            questions.append(
+                Question(
+                    question_id=row.index,
+                    text=mmbench_question_text(row, round_id),
+                    category=row.category,
+                    round_id=round_id if all_rounds else None,
+                    extra={"image_base64": row.image_base64},
+                    source=f"MMBench index {row.index}",
+                )
+            )
     return questions
 
 
@@ -613,7 +654,9 @@ def read_scienceqa_problems(path: PathLike, split: str | None = "test") -> dict[
     problems_path = path / "problems.json" if path.is_dir() else path
     data = _load_json(problems_path)
     if not isinstance(data, dict):
-        raise EvalFileError(problems_path, f"expected ScienceQA's object of problems keyed by id, got {_type_name(data)}")
+        raise EvalFileError(
+            problems_path, f"expected ScienceQA's object of problems keyed by id, got {_type_name(data)}"
+        )
     wanted: set[str] | None = None
     splits_path = problems_path.parent / "pid_splits.json"
     if split is not None and splits_path.exists():
@@ -623,8 +666,9 @@ def read_scienceqa_problems(path: PathLike, split: str | None = "test") -> dict[
         wanted = {str(pid) for pid in splits[split]}
         unknown = sorted(wanted - set(map(str, data)))
         if unknown:
-            raise EvalFileError(splits_path, f"{len(unknown)} {split} id(s) not in {problems_path.name}, e.g. "
-                                             f"{unknown[0]!r}")
+            raise EvalFileError(
+                splits_path, f"{len(unknown)} {split} id(s) not in {problems_path.name}, e.g. {unknown[0]!r}"
+            )
     out: dict[str, SQAProblem] = {}
     for pid, entry in data.items():
         where = f"problem {pid!r}"
@@ -639,10 +683,16 @@ def read_scienceqa_problems(path: PathLike, split: str | None = "test") -> dict[
             raise EvalFileError(problems_path, "'choices' must be a non-empty list of strings", where)
         answer = _get(problems_path, where, entry, "answer", int)
         if not 0 <= answer < len(choices):
-            raise EvalFileError(problems_path, f"'answer' {answer} is not the index of one of its "
-                                               f"{len(choices)} choices", where)
-        out[str(pid)] = SQAProblem(str(pid), tuple(choices), answer, bool(entry.get("image")),
-                                   _get(problems_path, where, entry, "question", str, required=False))
+            raise EvalFileError(
+                problems_path, f"'answer' {answer} is not the index of one of its {len(choices)} choices", where
+            )
+        out[str(pid)] = SQAProblem(
+            str(pid),
+            tuple(choices),
+            answer,
+            bool(entry.get("image")),
+            _get(problems_path, where, entry, "question", str, required=False),
+        )
     if not out:
         raise EvalFileError(problems_path, f"no problem in split {split!r}")
     return out

@@ -38,12 +38,44 @@ from .formats import (
 
 # Number words become digits; "none" counts as 0.
 NUMBER_WORDS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-    "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
 }
 ARTICLES = frozenset({"a", "an", "the"})
 # Removed where they touch a space, else replaced by a space ("." is handled apart, "'" and ":" are kept).
-PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+PUNCTUATION = (
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+)
 # A "." not followed by a digit is dropped ("3.5" stays). The official code passes `re.UNICODE` where `re.sub` takes
 # its `count`, so at most 32 periods go: kept for identical output.
 _PERIOD = re.compile(r"\.(?!\d)")
@@ -346,7 +378,10 @@ def pope_metrics(predicted: list[str], labels: list[str]) -> dict[str, float | i
         "recall": recall,
         "f1": f1,
         "yes_ratio": predicted.count("yes") / len(predicted) if predicted else 0.0,
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
     }
 
 
@@ -406,8 +441,12 @@ def score_mme(predictions: Mapping, items: Mapping[tuple[str, str, str], MMEItem
         acc = sum(answers) / len(answers)
         acc_plus = sum(all(image) for image in images[task].values()) / len(images[task])
         per_task[task] = {
-            "acc": 100 * acc, "acc_plus": 100 * acc_plus, "score": 100 * (acc + acc_plus),
-            "num_questions": len(answers), "num_images": len(images[task]), "num_other": other[task],
+            "acc": 100 * acc,
+            "acc_plus": 100 * acc_plus,
+            "score": 100 * (acc + acc_plus),
+            "num_questions": len(answers),
+            "num_images": len(images[task]),
+            "num_other": other[task],
         }
     perception = sum(per_task[task]["score"] for task in MME_PERCEPTION_TASKS if task in per_task)
     cognition = sum(per_task[task]["score"] for task in MME_COGNITION_TASKS if task in per_task)
@@ -453,8 +492,10 @@ def score_mmbench(predictions: Mapping, rows: Mapping[str, MMBenchRow], skip_mis
         passes[(str(index), int(round_id or 0))] = text
     unanswerable = [row.index for row in rows.values() if row.answer is None]
     if unanswerable:
-        raise ValueError(f"{len(unanswerable)} MMBench row(s) have no answer (e.g. index {unanswerable[0]}): the test "
-                         "split is scored by the OpenCompass server, score the dev split here")
+        raise ValueError(
+            f"{len(unanswerable)} MMBench row(s) have no answer (e.g. index {unanswerable[0]}): the test "
+            "split is scored by the OpenCompass server, score the dev split here"
+        )
     rounds: dict[str, list[int]] = defaultdict(list)
     for index, round_id in passes:
         rounds[index].append(round_id)
