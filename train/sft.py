@@ -33,6 +33,12 @@ minillava sft --config minigpt4-instruct-qlora \
     --resume_from_checkpoint true
 ```
 
+# Stage 2 on 8 GPUs under DeepSpeed ZeRO-3 (the launch configs: `hub_configs/accelerate/`, see `train/distributed.py`)
+```bash
+minillava sft --launch zero3 --num_processes 8 --config llava-1.5-instruct \
+    --model_name_or_path checkpoints/llava-1.5-7b-align --output_dir checkpoints/llava-1.5-7b-instruct
+```
+
 # A tiny CPU run
 ```bash
 minillava sft --config tiny-cpu-instruct --model_name_or_path tiny-built \
@@ -145,9 +151,11 @@ class SFTScriptArguments(ScriptArguments):
 
 def make_parser() -> TrlParser:
     """TRL's parser over the script arguments, `SFTConfig` and `ModelConfig` (PEFT and quantization flags)."""
-    return TrlParser(
-        (SFTScriptArguments, SFTConfig, ModelConfig), prog="minillava sft", description=__doc__.splitlines()[0]
+    description = (
+        f"{__doc__.splitlines()[0]} With --launch CONFIG [--num_processes N] (ddp, zero2, zero3, fsdp2 or a config "
+        "file) the run goes through `accelerate launch` on several processes."
     )
+    return TrlParser((SFTScriptArguments, SFTConfig, ModelConfig), prog="minillava sft", description=description)
 
 
 def training_chat_template(name: str | None, stage: str, image_token: str = "<image>") -> str | None:
