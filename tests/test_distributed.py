@@ -3,7 +3,8 @@ the README's commands): DDP (both architectures, full and LoRA, QLoRA), DeepSpee
 of a single-process run of the same global batch; ranks whose batches differ in modality (images on one, text only on
 the other) neither hang nor drift; a checkpoint of a 2-process run resumes in a single process; the launches that
 would silently train each process alone (`accelerate launch --cpu`, FSDP on a machine without GPUs) stop with an
-error that says what to run instead."""
+error that says what to run instead; torch's FSDP2 itself (which accelerate runs on GPUs only) trains both
+architectures over gloo to the weights of one process."""
 
 import importlib.util
 import os
@@ -207,3 +208,26 @@ def test_shipped_launch_configs(tmp_path):
         assert zero["stage"] == stage and zero["overlap_comm"] and zero["contiguous_gradients"]
     with pytest.raises(FileNotFoundError, match="--launch 'zero4' is neither a file nor a shipped accelerate config"):
         resolve_launch_config("zero4")
+
+
+@pytest.mark.parametrize("arch", ["llava-1.5", "minigpt4"])
+def test_fsdp2_of_torch_on_cpu_equals_one_process(arch, built, tmp_path):
+    """accelerate runs FSDP on GPUs only, but torch's FSDP2 itself runs over gloo on the CPU: each layer the model
+    names in `_no_split_modules` is a unit, the frozen vision tower included, and the rank with text-only samples
+    still joins the tower's all-gathers (without the blank image it waits forever). 3 AdamW steps of the stage-2
+    model end at the weights of one process accumulating both half-batches."""
+    script = str(Path(__file__).parent / "scripts" / "fsdp2_steps.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2"]
+    for command, name in ((torchrun, "fsdp2"), ([sys.executable], "one")):
+        out = str(tmp_path / f"{name}.safetensors")
+        result = subprocess.run(
+            [*command, script, str(built[arch]), out], env=env, capture_output=True, text=True, timeout=TIMEOUT
+        )
+        assert result.returncode == 0, result.stderr[-6000:]
+    sharded, one = load_file(tmp_path / "fsdp2.safetensors"), load_file(tmp_path / "one.safetensors")
+    assert sharded.keys() == one.keys()
+    for key in one:
+        torch.testing.assert_close(sharded[key], one[key], atol=1e-6, rtol=0)
+    start = load_file(built[arch] / "model.safetensors")
+    assert max((one[k] - start[k]).abs().max().item() for k in one if k in start) > 1e-4, "the steps trained"
