@@ -16,7 +16,16 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tiny import clip_vision_config, llama_config, make_image, make_tokenizer, save_parts, tiny_llava, tiny_minigpt4
+from tiny import (
+    LLAVA_HF_CHAT_TEMPLATE,
+    clip_vision_config,
+    llama_config,
+    make_image,
+    make_tokenizer,
+    save_parts,
+    tiny_llava,
+    tiny_minigpt4,
+)
 from torch.nn import functional as F
 from transformers import (
     AutoProcessor,
@@ -56,16 +65,6 @@ LOGITS_TOL = 1e-4
 QFORMER_TOL = 1e-5
 VOCAB = 320  # the tiny tokenizer without image token; `<image>` is added as id 320
 IMAGE_TOKENS = 16  # 16x16 pixels, 4x4 patches, CLS dropped
-# llava-hf/llava-1.5-7b-hf's chat template: "USER: <image>\n{text} ASSISTANT:", images first in their turn.
-LLAVA_HF_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
-    "{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
-    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}]
 # transformers' convert_llava_weights_to_hf.py renaming, restated: substring replacements applied in this order.
 TRANSFORMERS_LLAVA_RULES = (

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from sft_helpers import build_tiny_models
-from tiny import clip_vision_config, llama_config, make_image, make_tokenizer
+from tiny import LLAVA_HF_CHAT_TEMPLATE, clip_vision_config, llama_config, make_image, make_tokenizer
 from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 import minillava.modeling  # noqa: F401  (registers the Auto classes)
@@ -27,16 +27,6 @@ from minillava.train.eval.run import evaluate_model, generate_answers, load_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = "Answer the question using a single word or phrase."
-# llava-hf/llava-1.5-7b-hf's chat template (as tests/test_convert.py restates it).
-LLAVA_HF_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
-    "{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
-    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
 FAST = ["--batch_size", "2", "--max_new_tokens", "4", "--no_progress"]
 
 

@@ -18,6 +18,17 @@ CORPUS = [
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
+# llava-hf/llava-1.5-7b-hf's chat template: "USER: <image>\n{text} ASSISTANT:", images first in their turn.
+LLAVA_HF_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
 
 def make_tokenizer(image_tokens: tuple[str, ...] = ("<image>",), vocab_size: int = 320) -> PreTrainedTokenizerFast:
     """A Llama-like byte-level BPE tokenizer trained in memory (no download), with the image token(s) added."""
