@@ -192,7 +192,7 @@ def test_loss_curve_has_train_and_eval_loss_and_never_fails_a_run(tmp_path, capl
     (tmp_path / "a-file").write_text("")
     with caplog.at_level(logging.WARNING, logger="minillava.train.plots"):
         assert plots.save_loss_curve(history, tmp_path / "a-file" / "loss_curve.png", "t") is None
-    assert "Could not write the loss curve" in caplog.text
+    assert "Could not write the plot" in caplog.text
 
     caplog.clear()
     plots._warn_no_matplotlib.cache_clear()

@@ -15,6 +15,8 @@ COMMANDS = {
     "convert": ("minillava.train.convert", "convert llava-hf, original LLaVA and MiniGPT-4 checkpoints"),
     "demo": ("minillava.train.demo", "offline two-stage demo for both architectures on a synthetic world"),
     "eval": ("minillava.train.eval.run", "answer and score a benchmark as LLaVA-1.5's evaluation (resumable)"),
+    "chat": ("minillava.train.chat", "chat with a model in the terminal, answers streamed (/image, /reset, /save)"),
+    "web": ("minillava.train.web", "a web page to upload an image and chat with a model, answers streamed"),
 }
 
 

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,34 @@ LOSS_CURVE_NAME = "loss_curve.png"
 
 
 @functools.cache
-def _warn_no_matplotlib() -> None:
-    logger.warning("matplotlib is not installed: no %s is written (pip install matplotlib).", LOSS_CURVE_NAME)
+def _warn_no_matplotlib(name: str) -> None:
+    logger.warning("matplotlib is not installed: no %s is written (pip install matplotlib).", name)
+
+
+def save_png(path: str | os.PathLike, draw: Callable[[Any], None], figsize: tuple[float, float], dpi: int = 100):
+    """Draws a matplotlib figure of `figsize` with `draw(figure)` (Agg, without pyplot or a global backend switch)
+    and writes it as a PNG at `path`, atomically (a partial file, renamed); returns the path, or None with a warning
+    when matplotlib is missing or drawing fails: a plot is never worth the run that makes it."""
+    path = Path(path)
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        _warn_no_matplotlib(path.name)
+        return None
+    partial = path.with_name(f"_{path.name}.tmp")
+    try:
+        figure = Figure(figsize=figsize, dpi=dpi)
+        FigureCanvasAgg(figure)
+        draw(figure)
+        figure.savefig(partial, format="png")
+        os.replace(partial, path)
+    except Exception as error:
+        logger.warning("Could not write the plot %s: %s", path, error)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        return None
+    return path
 
 
 def loss_points(log_history: Iterable[Mapping[str, Any]], key: str) -> list[tuple[int, float]]:
@@ -39,18 +65,10 @@ def save_loss_curve(log_history: Iterable[Mapping[str, Any]], path: str | os.Pat
     if not train and not evaluation:
         logger.info("No loss was logged (fewer steps than --logging_steps?): no %s is written.", Path(path).name)
         return None
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+
+    def draw(figure) -> None:
         from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        _warn_no_matplotlib()
-        return None
-    path = Path(path)
-    partial = path.with_name(f"_{path.name}.tmp")
-    try:
-        figure = Figure(figsize=(7, 4.2), dpi=120)
-        FigureCanvasAgg(figure)  # draws with Agg, without pyplot or a global backend switch
+
         axes = figure.add_subplot()
         for points, label, style in ((train, "training loss", "-"), (evaluation, "evaluation loss", "--")):
             if points:
@@ -64,14 +82,8 @@ def save_loss_curve(log_history: Iterable[Mapping[str, Any]], path: str | os.Pat
         axes.grid(alpha=0.3)
         axes.legend()
         figure.tight_layout()
-        figure.savefig(partial, format="png")
-        os.replace(partial, path)
-    except Exception as error:  # a plot is never worth a run
-        logger.warning("Could not write the loss curve %s: %s", path, error)
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
-        return None
-    return path
+
+    return save_png(path, draw, figsize=(7, 4.2), dpi=120)
 
 
-__all__ = ["LOSS_CURVE_NAME", "loss_points", "save_loss_curve"]
+__all__ = ["LOSS_CURVE_NAME", "loss_points", "save_loss_curve", "save_png"]

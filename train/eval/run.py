@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import functools
 import io
 import json
 import logging
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..plots import save_png
 from . import formats
 from .benchmarks import (
     BENCHMARKS,
@@ -77,9 +77,11 @@ def load_model(
     device: str | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    quantization_config: Any = None,
 ) -> tuple[Any, Any]:
     """`(model, processor)` of an `AutoModelForImageTextToText` folder or Hub id, in eval mode on `device` (default:
-    CUDA when there is one; `auto` spreads it with `device_map="auto"`). minillava's classes are registered first."""
+    CUDA when there is one; `auto` spreads it with `device_map="auto"`). minillava's classes are registered first.
+    A `quantization_config` (e.g. a `BitsAndBytesConfig`) quantizes it as it loads, placed on `device` then."""
     import torch
     import transformers
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -94,11 +96,15 @@ def load_model(
         kwargs["trust_remote_code"] = True
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    if device == "auto":
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = "auto" if device == "auto" else {"": device}  # quantized weights are not moved
+    elif device == "auto":
         kwargs["device_map"] = "auto"
     model = AutoModelForImageTextToText.from_pretrained(model_path, **kwargs).eval()
-    if device != "auto":
-        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if "device_map" not in kwargs:
+        model.to(device)
     processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     return model, processor
 
@@ -314,6 +320,41 @@ def turn_separator_of(processor: Any) -> str | None:
     return separator or turn_separator(getattr(processor, "chat_template", None))
 
 
+def generation_kwargs(model: Any, processor: Any, max_new_tokens: int) -> dict[str, Any]:
+    """`model.generate` kwargs for greedy decoding of at most `max_new_tokens` tokens that stops at EOS and at the
+    template's turn separator ([`turn_separator_of`]), with EOS as the pad id where neither tokenizer nor model has
+    one."""
+    tokenizer = processor.tokenizer
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "num_beams": 1,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+    }
+    separator = turn_separator_of(processor)
+    if separator:
+        kwargs.update(stop_strings=[separator], tokenizer=tokenizer)
+    if tokenizer.pad_token_id is None and model.generation_config.pad_token_id is None:
+        eos = model.generation_config.eos_token_id
+        kwargs["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
+    return kwargs
+
+
+def model_inputs(model: Any, processor: Any, texts: Sequence[str], images: Sequence[Any]) -> Any:
+    """The processor's padded tensors for chat-templated `texts` and their `images` (in placeholder order), on the
+    model's device, pixels in its dtype; BOS is not added again where the template wrote it."""
+    tokenizer = processor.tokenizer
+    call_kwargs: dict[str, Any] = {"padding": True, "return_tensors": "pt"}
+    if tokenizer.bos_token and texts[0].startswith(tokenizer.bos_token):
+        call_kwargs["add_special_tokens"] = False  # the template wrote BOS, as transformers' own check
+    inputs = processor(images=list(images) or None, text=list(texts), **call_kwargs).to(model.device)
+    if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    return inputs
+
+
 def _messages(prompt: str, has_image: bool) -> list[dict]:
     content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": prompt}]
     return [{"role": "user", "content": content}]
@@ -388,19 +429,7 @@ def generate_answers(
         tokenizer = processor.tokenizer
         tokenizer.padding_side = "left"
         separator = turn_separator_of(processor)
-        generate_kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": False,
-            "num_beams": 1,
-            "temperature": None,
-            "top_p": None,
-            "top_k": None,
-        }
-        if separator:
-            generate_kwargs.update(stop_strings=[separator], tokenizer=tokenizer)
-        if tokenizer.pad_token_id is None and model.generation_config.pad_token_id is None:
-            eos = model.generation_config.eos_token_id
-            generate_kwargs["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
+        generate_kwargs = generation_kwargs(model, processor, max_new_tokens)
 
         bar = tqdm(
             total=len(selected),
@@ -420,13 +449,7 @@ def generate_answers(
                     )
                     for index, image in zip(batch, images, strict=True)
                 ]
-                present = [image for image in images if image is not None]
-                call_kwargs: dict[str, Any] = {"padding": True, "return_tensors": "pt"}
-                if tokenizer.bos_token and texts[0].startswith(tokenizer.bos_token):
-                    call_kwargs["add_special_tokens"] = False  # the template wrote BOS, as transformers' own check
-                inputs = processor(images=present or None, text=texts, **call_kwargs).to(model.device)
-                if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-                    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+                inputs = model_inputs(model, processor, texts, [image for image in images if image is not None])
                 generated = model.generate(**inputs, **generate_kwargs)
                 outputs = processor.batch_decode(
                     generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
@@ -473,20 +496,9 @@ def _figures(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, fl
     return out
 
 
-@functools.cache
-def _warn_no_matplotlib() -> None:
-    logger.warning("matplotlib is not installed: no %s is written (pip install matplotlib).", RESULTS_PLOT_NAME)
-
-
 def save_results_plot(results: Mapping[str, Any], path: PathLike) -> Path | None:
     """The detailed metrics of `results` ([`evaluate`]'s) as bar charts, one panel per group (the headline figures,
     then each breakdown), in a PNG at `path`; None (with a warning) when matplotlib is missing or drawing fails."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        _warn_no_matplotlib()
-        return None
     metrics = results.get("metrics", {})
     panels = [
         (
@@ -497,15 +509,12 @@ def save_results_plot(results: Mapping[str, Any], path: PathLike) -> Path | None
     ]
     panels += [(key, _figures(value)) for key, value in metrics.items() if isinstance(value, Mapping)]
     panels = [(name, bars[:60]) for name, bars in panels if bars]
-    path = Path(path)
-    partial = path.with_name(f"_{path.name}.tmp")
-    try:
-        heights = [max(1.2, 0.25 * len(bars) + 0.9) for _, bars in panels]
+    heights = [max(1.2, 0.25 * len(bars) + 0.9) for _, bars in panels]
+    total = sum(heights) + 0.6
+
+    def draw(figure) -> None:
         longest = max(len(label) for _, bars in panels for label, _ in bars)
-        figure = Figure(figsize=(8, sum(heights) + 0.6), dpi=100)
-        FigureCanvasAgg(figure)  # Agg, without pyplot or a global backend switch
         # margins from the label lengths (inches), not tight_layout, which draws the whole figure once more
-        total = sum(heights) + 0.6
         grid = figure.add_gridspec(
             len(panels),
             1,
@@ -544,14 +553,8 @@ def save_results_plot(results: Mapping[str, Any], path: PathLike) -> Path | None
             else str(results.get("benchmark", "")),
             fontsize=10,
         )
-        figure.savefig(partial, format="png")
-        os.replace(partial, path)
-    except Exception as error:  # a plot is never worth an evaluation
-        logger.warning("Could not write the results plot %s: %s", path, error)
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
-        return None
-    return path
+
+    return save_png(path, draw, figsize=(8, total), dpi=100)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -693,6 +696,22 @@ def evaluate_model(
 # the command
 
 
+def add_loading_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say how a model is loaded (`--dtype`, `--device`, `--attn_implementation`,
+    `--trust_remote_code`), shared by the commands that run one (`eval`, `chat`, `web`)."""
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (default: as saved)")
+    parser.add_argument(
+        "--device", help="cpu, cuda, cuda:1, ... or auto (device_map='auto'); default: cuda if there is one"
+    )
+    parser.add_argument("--attn_implementation", "--attn-implementation", help="sdpa, eager, flash_attention_2, ...")
+    parser.add_argument(
+        "--trust_remote_code",
+        "--trust-remote-code",
+        action="store_true",
+        help="run the folder's own code (needed for minillava folders where minillava is not installed)",
+    )
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minillava eval",
@@ -746,17 +765,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_NEW_TOKENS,
         help=f"longest answer in tokens (default {DEFAULT_MAX_NEW_TOKENS}, as LLaVA's scripts)",
     )
-    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (default: as saved)")
-    parser.add_argument(
-        "--device", help="cpu, cuda, cuda:1, ... or auto (device_map='auto'); default: cuda if there is one"
-    )
-    parser.add_argument("--attn_implementation", "--attn-implementation", help="sdpa, eager, flash_attention_2, ...")
-    parser.add_argument(
-        "--trust_remote_code",
-        "--trust-remote-code",
-        action="store_true",
-        help="run the folder's own code (needed for minillava folders where minillava is not installed)",
-    )
+    add_loading_arguments(parser)
     parser.add_argument("--limit", type=int, help="ask only the first N questions (scored on those alone)")
     parser.add_argument(
         "--skip_missing",
@@ -851,6 +860,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 __all__ = [
+    "add_loading_arguments",
     "ANSWERS_NAME",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_MAX_NEW_TOKENS",
@@ -862,10 +872,12 @@ __all__ = [
     "default_annotations",
     "evaluate_model",
     "generate_answers",
+    "generation_kwargs",
     "load_model",
     "load_question_image",
     "main",
     "make_parser",
+    "model_inputs",
     "prepare_answers_file",
     "question_prompt",
     "read_eval_questions",
