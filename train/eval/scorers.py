@@ -239,6 +239,21 @@ def _canonical(predictions: Mapping) -> dict:
     return {_key(key): text for key, text in predictions.items()}
 
 
+class _Lookup:
+    """The predictions, looked up question by question: counts the questions without one (`missing`) and says whether
+    a question is scored (an unanswered one counts as wrong, or is left out with `skip_missing`)."""
+
+    def __init__(self, predictions: Mapping, skip_missing: bool):
+        self.predictions, self.skip_missing, self.missing = predictions, skip_missing, 0
+
+    def __call__(self, key: Hashable) -> tuple[bool, str | None]:
+        text = self.predictions.get(key)
+        if text is None:
+            self.missing += 1
+            return not self.skip_missing, None
+        return True, text
+
+
 def _percent(values: list[float]) -> float:
     return 100.0 * sum(values) / len(values) if values else 0.0
 
@@ -255,13 +270,11 @@ def _score_vqa(predictions: Mapping, annotations: Mapping[str, VQAAnnotation], s
     predictions = _canonical(predictions)
     scores: list[float] = []
     per_type: dict[str, list[float]] = defaultdict(list)
-    missing = 0
+    lookup = _Lookup(predictions, skip_missing)
     for key, annotation in annotations.items():
-        text = predictions.get(key)
-        if text is None:
-            missing += 1
-            if skip_missing:
-                continue
+        scored, text = lookup(key)
+        if not scored:
+            continue
         score = 0.0 if text is None else vqa_accuracy(text, annotation.answers)
         scores.append(score)
         if annotation.answer_type is not None:
@@ -269,7 +282,7 @@ def _score_vqa(predictions: Mapping, annotations: Mapping[str, VQAAnnotation], s
     metrics: dict[str, Any] = {"overall": _percent(scores), "accuracy": _percent(scores)}
     if per_type:
         metrics["per_answer_type"] = _breakdown(per_type)
-    metrics.update(num_questions=len(scores), num_missing=missing)
+    metrics.update(num_questions=len(scores), num_missing=lookup.missing)
     return metrics
 
 
@@ -299,13 +312,11 @@ def score_vqa(predictions: Mapping, annotations: Mapping[str, VQAAnnotation], sk
     (%) where every question has 10 answers; `overall` is VQA accuracy then, else exact match."""
     predictions = _canonical(predictions)
     matched: list[float] = []
-    missing = 0
+    lookup = _Lookup(predictions, skip_missing)
     for key, annotation in annotations.items():
-        text = predictions.get(key)
-        if text is None:
-            missing += 1
-            if skip_missing:
-                continue
+        scored, text = lookup(key)
+        if not scored:
+            continue
         matched.append(0.0 if text is None else float(exact_match(text, annotation.answers)))
     metrics: dict[str, Any] = {"exact_match": _percent(matched)}
     if annotations and all(len(annotation.answers) == 10 for annotation in annotations.values()):
@@ -313,7 +324,7 @@ def score_vqa(predictions: Mapping, annotations: Mapping[str, VQAAnnotation], sk
         metrics["overall"], metrics["overall_metric"] = metrics["vqa_accuracy"], "vqa_accuracy"
     else:
         metrics["overall"], metrics["overall_metric"] = metrics["exact_match"], "exact_match"
-    metrics.update(num_questions=len(matched), num_missing=missing)
+    metrics.update(num_questions=len(matched), num_missing=lookup.missing)
     return metrics
 
 
@@ -329,15 +340,13 @@ def score_gqa(predictions: Mapping, questions: Mapping[str, GQAQuestion], skip_m
     answer_kind: dict[str, list[float]] = defaultdict(list)
     structural: dict[str, list[float]] = defaultdict(list)
     semantic: dict[str, list[float]] = defaultdict(list)
-    missing = 0
+    lookup = _Lookup(predictions, skip_missing)
     for key, question in questions.items():
         if not question.is_balanced:
             continue
-        text = predictions.get(key)
-        if text is None:
-            missing += 1
-            if skip_missing:
-                continue
+        scored, text = lookup(key)
+        if not scored:
+            continue
         score = float(text is not None and gqa_normalize(text) == question.answer)
         scores.append(score)
         if question.structural is not None:
@@ -353,7 +362,7 @@ def score_gqa(predictions: Mapping, questions: Mapping[str, GQAQuestion], skip_m
         metrics["per_structural_type"] = _breakdown(structural)
     if semantic:
         metrics["per_semantic_type"] = _breakdown(semantic)
-    metrics.update(num_questions=len(scores), num_missing=missing)
+    metrics.update(num_questions=len(scores), num_missing=lookup.missing)
     return metrics
 
 
@@ -391,15 +400,13 @@ def score_pope(predictions: Mapping, labels: Mapping[str, list[POPELabel]], skip
     Predictions are keyed `(split, question_id)`; a missing answer counts as the wrong one (the label's opposite)."""
     predictions = _canonical(predictions)
     per_split: dict[str, dict] = {}
-    missing = 0
+    lookup = _Lookup(predictions, skip_missing)
     for split, split_labels in labels.items():
         predicted, truth = [], []
         for label in split_labels:
-            text = predictions.get((split, label.question_id))
-            if text is None:
-                missing += 1
-                if skip_missing:
-                    continue
+            scored, text = lookup((split, label.question_id))
+            if not scored:
+                continue
             predicted.append(parse_pope_answer(text) if text is not None else "no" if label.label == "yes" else "yes")
             truth.append(label.label)
         per_split[split] = {**pope_metrics(predicted, truth), "num_questions": len(truth)}
@@ -410,7 +417,7 @@ def score_pope(predictions: Mapping, labels: Mapping[str, list[POPELabel]], skip
         "accuracy": _percent([metrics["accuracy"] for metrics in per_split.values()]),
         "per_split": per_split,
         "num_questions": sum(metrics["num_questions"] for metrics in per_split.values()),
-        "num_missing": missing,
+        "num_missing": lookup.missing,
     }
 
 
@@ -425,13 +432,11 @@ def score_mme(predictions: Mapping, items: Mapping[tuple[str, str, str], MMEItem
     predictions = dict(predictions)
     images: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     other: dict[str, int] = defaultdict(int)
-    missing = 0
+    lookup = _Lookup(predictions, skip_missing)
     for key, item in items.items():
-        text = predictions.get(key)
-        if text is None:
-            missing += 1
-            if skip_missing:
-                continue
+        scored, text = lookup(key)
+        if not scored:
+            continue
         parsed = "other" if text is None else parse_mme_answer(text)
         other[item.task] += parsed == "other"
         images[item.task][item.image].append(parsed == item.answer)
@@ -458,7 +463,7 @@ def score_mme(predictions: Mapping, items: Mapping[tuple[str, str, str], MMEItem
         "per_task": per_task,
         "missing_tasks": [task for task in MME_PERCEPTION_TASKS + MME_COGNITION_TASKS if task not in per_task],
         "num_questions": sum(task["num_questions"] for task in per_task.values()),
-        "num_missing": missing,
+        "num_missing": lookup.missing,
     }
 
 
@@ -551,13 +556,11 @@ def score_scienceqa(predictions: Mapping, problems: Mapping[str, SQAProblem], sk
     predictions = _canonical(predictions)
     scores: list[float] = []
     image_scores: list[float] = []
-    missing = 0
+    lookup = _Lookup(predictions, skip_missing)
     for key, problem in problems.items():
-        text = predictions.get(key)
-        if text is None:
-            missing += 1
-            if skip_missing:
-                continue
+        scored, text = lookup(key)
+        if not scored:
+            continue
         score = float(text is not None and parse_scienceqa_answer(text, len(problem.choices)) == problem.answer)
         scores.append(score)
         if problem.has_image:
@@ -569,7 +572,7 @@ def score_scienceqa(predictions: Mapping, problems: Mapping[str, SQAProblem], sk
         "img_accuracy": _percent(image_scores) if image_scores else None,
         "num_questions": len(scores),
         "num_img_questions": len(image_scores),
-        "num_missing": missing,
+        "num_missing": lookup.missing,
     }
     return metrics
 
