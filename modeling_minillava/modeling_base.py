@@ -203,6 +203,18 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module):
         self.language_model.set_input_embeddings(value)
 
+    def train(self, mode: bool = True):
+        """Sets training mode, except for the front-end modules (`vision_feature_modules`) that have no trainable
+        parameter: a frozen tower (and Q-Former) stays in eval mode, without dropout, as MiniGPT-4 keeps its ViT and
+        Q-Former (`disabled_train`) whichever trainer calls `train()`."""
+        super().train(mode)
+        if mode:
+            for name in self.vision_feature_modules:
+                module = getattr(self, name, None)
+                if isinstance(module, nn.Module) and not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self
+
     @can_return_tuple
     def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
         """The vision outputs of `get_vision_features`, with the connector's image features as `pooler_output`:

@@ -124,6 +124,25 @@ def test_frozen_vision_tower_keeps_no_activations(model_and_tokenizer):
     assert outputs[1].requires_grad
 
 
+def test_frozen_front_end_stays_in_eval_mode_whoever_calls_train(model_and_tokenizer):
+    """A frozen tower (and Q-Former) runs without dropout under any trainer (plain `trl sft` included), as MiniGPT-4
+    keeps it; once it trains again it follows `train()`."""
+    model, tokenizer = model_and_tokenizer
+    front_end = [getattr(model.model, name) for name in model.model.vision_feature_modules]
+    front_end = [module for module in front_end if isinstance(module, torch.nn.Module)]
+    for module in front_end:
+        module.requires_grad_(False)
+    model.train()
+    assert model.training and model.model.language_model.training
+    assert not any(module.training for module in front_end)
+    for module in front_end:
+        module.requires_grad_(True)
+    model.train()
+    assert all(module.training for module in front_end)
+    model.eval()
+    assert not any(module.training for module in front_end)
+
+
 def test_gradient_checkpointing_with_frozen_tower_trains_connector_and_lm(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     model.train()
