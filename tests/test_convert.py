@@ -21,7 +21,7 @@ from tiny import (
     clip_vision_config,
     llama_config,
     make_image,
-    make_tokenizer,
+    save_llava_hf,
     save_parts,
     tiny_llava,
     tiny_minigpt4,
@@ -36,7 +36,6 @@ from transformers import (
     LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
-    LlavaProcessor,
 )
 
 from minillava.modeling import MiniGPT4ForConditionalGeneration, MiniLlavaForConditionalGeneration
@@ -141,26 +140,7 @@ def parts(tmp_path_factory):
 @pytest.fixture(scope="module")
 def llava_hf(tmp_path_factory) -> Path:
     """A tiny random llava-hf folder, written by transformers' own save_pretrained, with its LlavaProcessor."""
-    folder = tmp_path_factory.mktemp("llava-hf")
-    tokenizer = make_tokenizer()
-    config = LlavaConfig(
-        vision_config=clip_vision_config().to_dict(),
-        text_config=llama_config(len(tokenizer)).to_dict(),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=IMAGE_TOKENS,
-    )
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-    LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=4,
-        vision_feature_select_strategy="default",
-        chat_template=LLAVA_HF_CHAT_TEMPLATE,
-        num_additional_image_tokens=1,
-    ).save_pretrained(folder)
-    return folder
+    return save_llava_hf(tmp_path_factory.mktemp("llava-hf"))
 
 
 def relayout(folder: Path, target: Path, prefixes: dict[str, str]) -> Path:

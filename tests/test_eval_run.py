@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from sft_helpers import build_tiny_models
-from tiny import LLAVA_HF_CHAT_TEMPLATE, clip_vision_config, llama_config, make_image, make_tokenizer
-from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from tiny import make_image, save_llava_hf
 
 import minillava.modeling  # noqa: F401  (registers the Auto classes)
 from minillava.train.eval import read_answers
@@ -299,28 +298,6 @@ def data(tmp_path_factory) -> dict[str, tuple[Path, Path | None, Path | None]]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # models: both minillava architectures, a llava-hf folder, and a MiniGPT-4 that always answers "yes###"
-
-
-def save_llava_hf(folder: Path) -> Path:
-    """A tiny random llava-hf folder, written by transformers' own classes (as tests/test_convert.py builds it)."""
-    tokenizer = make_tokenizer()
-    config = LlavaConfig(
-        vision_config=clip_vision_config().to_dict(),
-        text_config=llama_config(len(tokenizer)).to_dict(),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=16,
-    )
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}),
-        tokenizer=tokenizer,
-        patch_size=4,
-        vision_feature_select_strategy="default",
-        chat_template=LLAVA_HF_CHAT_TEMPLATE,
-        num_additional_image_tokens=1,
-    ).save_pretrained(folder)
-    return folder
 
 
 def save_scripted(source: Path, folder: Path, chain: list[str], end: str | None = None) -> Path:

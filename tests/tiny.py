@@ -256,3 +256,29 @@ def save_parts(folder, seed: int = 0) -> dict[str, str]:
     BlipImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder / "blip2")
     paths["blip2"] = str(folder / "blip2")
     return paths
+
+
+def save_llava_hf(folder):
+    """A tiny random llava-hf folder (16x16 images, 16 image tokens), written by transformers' own
+    `LlavaForConditionalGeneration.save_pretrained` with its `LlavaProcessor`; returns `folder`."""
+    import torch
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = make_tokenizer()
+    config = LlavaConfig(
+        vision_config=clip_vision_config().to_dict(),
+        text_config=llama_config(len(tokenizer)).to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=16,
+    )
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}),
+        tokenizer=tokenizer,
+        patch_size=4,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_HF_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    ).save_pretrained(folder)
+    return folder
