@@ -30,7 +30,7 @@ from minillava.modeling import (
     MiniLlavaConfig,
     MiniLlavaForConditionalGeneration,
 )
-from minillava.train.recipes import lora_target_regex, set_trainable
+from minillava.train.training.recipes import lora_target_regex, set_trainable
 
 
 GIB = 1024**3

@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import minillava.modeling  # noqa: F401
     from minillava.processing import MiniLlavaProcessor
-    from minillava.train.data import load_sft_dataset
-    from minillava.train.packing import PackedBatchSampler, PaddingFreeCollator
-    from minillava.train.recipes import set_trainable
+    from minillava.train.training.data import load_sft_dataset
+    from minillava.train.training.packing import PackedBatchSampler, PaddingFreeCollator
+    from minillava.train.training.recipes import set_trainable
 
     sizes = train_speed.SIZES[False]
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 CONFIGS = ("native", "padded", "grouped", "padding_free", "packed")
 EXTRA_CONFIGS = ("minigpt4", "minigpt4_uncached_2ep", "minigpt4_cached_2ep")
 IMAGE_SIZE = 64
-PAD_TOKEN_ID = 3  # `<pad>` of minillava.train.components.build_tokenizer: no sample holds it, every pad is one
+PAD_TOKEN_ID = 3  # `<pad>` of minillava.train.demo.components.build_tokenizer: no sample holds it, every pad is one
 PATCH_SIZE = 8
 
 
@@ -82,9 +82,9 @@ def make_models(folder: Path, seed: int = 0) -> dict[str, Path]:
         OPTConfig,
     )
 
-    from minillava.train.build import BuildArguments, build
-    from minillava.train.components import build_tokenizer
-    from minillava.train.convert import convert_to_llava_hf
+    from minillava.train.conversion import convert_to_llava_hf
+    from minillava.train.demo.components import build_tokenizer
+    from minillava.train.training.build import BuildArguments, build
 
     torch.manual_seed(seed)
     parts = folder / "parts"
@@ -166,7 +166,7 @@ def llava_665k_shaped(num_samples: int, seed: int = 0) -> list[dict]:
     `max_length`, as LLaVA-1.5's samples (576 image tokens and a few hundred of text) are of its 2048."""
     from PIL import Image
 
-    from minillava.train.demo_world import vocabulary
+    from minillava.train.demo.world import vocabulary
 
     rng = random.Random(seed)
     words = [word for word in vocabulary() if word.isalpha()]
@@ -227,7 +227,7 @@ class Meter:
 
         class Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, model=None, **kwargs):
-                from minillava.train.demo import _reset_peak_memory, peak_memory_mb
+                from minillava.train.demo.run import _reset_peak_memory, peak_memory_mb
 
                 model.register_forward_pre_hook(meter.count, with_kwargs=True)
                 _reset_peak_memory()
@@ -238,7 +238,7 @@ class Meter:
                     meter.losses.append(float(logs["loss"]))
 
             def on_train_end(self, args, state, control, **kwargs):
-                from minillava.train.demo import peak_memory_mb
+                from minillava.train.demo.run import peak_memory_mb
 
                 meter.peak_memory_mb = peak_memory_mb()
                 meter.steps = state.global_step
@@ -309,7 +309,7 @@ def run_minillava(
     """`minillava sft`'s `train()` on the same rows."""
     from trl import ModelConfig
 
-    from minillava.train.sft import SFTScriptArguments, train
+    from minillava.train.training.sft import SFTScriptArguments, train
 
     overrides: dict[str, Any] = {"num_train_epochs": epochs}
     if batching == "packed":

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from tiny import make_image, save_parts
 
-from minillava.train.build import BuildArguments, build
-from minillava.train.recipes import resolve_recipe
-from minillava.train.sft import make_parser, train
+from minillava.train.training.build import BuildArguments, build
+from minillava.train.training.recipes import resolve_recipe
+from minillava.train.training.sft import make_parser, train
 
 
 ARCHS = {"llava-1.5": ("clip", "llama"), "minigpt4": ("blip2", "llama")}

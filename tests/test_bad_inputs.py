@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForImageTextToText
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from minillava.train.data import (
+from minillava.train.training.data import (
     MAX_ASPECT_RATIO,
     MAX_PADDED_PIXELS,
     MAX_REPLACEMENT_DRAWS,
@@ -27,8 +27,8 @@ from minillava.train.data import (
     load_sft_dataset,
     warn_duplicate_ids,
 )
-from minillava.train.recipes import resolve_recipe
-from minillava.train.sft import make_parser
+from minillava.train.training.recipes import resolve_recipe
+from minillava.train.training.sft import make_parser
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +236,7 @@ def test_an_all_bad_batch_draws_real_samples_and_strict_raises(tmp_path, process
         truncate(images / f"{i}.png")
     dataset, _ = load_sft_dataset(str(path), processor, image_folder=str(images))
     collator = collator_over(processor, dataset)
-    with caplog.at_level(logging.WARNING, logger="minillava.train.data"):
+    with caplog.at_level(logging.WARNING, logger="minillava.train.training.data"):
         batch = collator([dataset[0], dataset[1]])
     assert (batch["labels"] != -100).any(dim=1).all(), "every row is a real sample with labels"
     texts = processor.tokenizer.batch_decode(batch["input_ids"])
@@ -300,7 +300,7 @@ def test_image_paths_outside_the_image_folder_are_refused_unless_allowed(tmp_pat
 def test_duplicate_ids_are_warned_about_with_both_sources(tmp_path, processor, caplog):
     records = [llava_record(0), llava_record(1), llava_record(2) | {"id": "sample-0"}]
     path, images = write_llava_dataset(tmp_path, records=records)
-    with caplog.at_level(logging.WARNING, logger="minillava.train.data"):
+    with caplog.at_level(logging.WARNING, logger="minillava.train.training.data"):
         dataset, report = load_sft_dataset(str(path), processor, image_folder=str(images))
     assert len(dataset) == 3 and not report, "a warning, not a skip"
     starts = [i for i, line in enumerate(path.read_text().splitlines(), start=1) if line == " {"]
@@ -310,7 +310,7 @@ def test_duplicate_ids_are_warned_about_with_both_sources(tmp_path, processor, c
 
     many = Dataset.from_dict({"id": [f"id-{i % 60}" for i in range(120)], "source": [f"row {i}" for i in range(120)]})
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="minillava.train.data"):
+    with caplog.at_level(logging.WARNING, logger="minillava.train.training.data"):
         duplicates = warn_duplicate_ids(many)
     assert len(duplicates) == 60 and duplicates["id-7"] == ["row 7", "row 67"]
     assert "60 sample id(s) are used more than once" in caplog.text and "... and 10 more" in caplog.text

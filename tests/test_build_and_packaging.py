@@ -12,7 +12,7 @@ import torch
 from tiny import save_parts
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from minillava.train.build import BuildArguments, build, load_preset, resolve_preset
+from minillava.train.training.build import BuildArguments, build, load_preset, resolve_preset
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""`minillava chat` (`minillava.train.chat`): driven through a pseudo-terminal and through piped input with tiny
+"""`minillava chat` (`minillava.train.chat.terminal`): driven through a pseudo-terminal and through piped input with tiny
 models rewired so that greedy decoding writes a known answer, slowed down per decoding step so that streaming shows:
 the answer arrives in pieces while it is generated, `/image` (good and bad images), `/reset`, `/save` read back by
 minillava's own data reader without a skip, Ctrl-C stopping an answer, MiniGPT-4's answers stopping at `###`, a PEFT
@@ -25,8 +25,7 @@ from sft_helpers import build_tiny_models
 from test_eval_run import save_scripted
 from tiny import llama_config, make_image, make_tokenizer
 
-from minillava.train.build import BuildArguments, build
-from minillava.train.chat import (
+from minillava.train.chat.terminal import (
     ChatError,
     ChatModel,
     Conversation,
@@ -37,7 +36,8 @@ from minillava.train.chat import (
     open_image,
     save_llava,
 )
-from minillava.train.data import load_sft_dataset
+from minillava.train.training.build import BuildArguments, build
+from minillava.train.training.data import load_sft_dataset
 
 
 # What the rewired models write after any prompt, as tokens of tests/tiny.py's tokenizer; MiniGPT-4's continues

@@ -40,14 +40,14 @@ from transformers import (
 
 from minillava.modeling import MiniGPT4ForConditionalGeneration, MiniLlavaForConditionalGeneration
 from minillava.processing import MiniLlavaProcessor, get_chat_template, make_image_processor
-from minillava.train.build import save
-from minillava.train.convert import (
+from minillava.train.conversion import (
     convert_from_llava,
     convert_from_llava_hf,
     convert_from_minigpt4,
     convert_to_llava_hf,
     main,
 )
+from minillava.train.training.build import save
 
 
 try:  # transformers 5 names the PIL back ends explicitly (the default ones need torchvision)
@@ -714,7 +714,7 @@ def _push_folder(folder: str, repo_id: str) -> None:
 
 def _convert_hub_id(repo_id: str, output_dir: str) -> list[str]:
     """Runs in a client process: converts a llava-hf repo by its Hub id; returns the files it downloaded."""
-    from minillava.train.convert import main
+    from minillava.train.conversion import main
 
     main(["--from", "llava-hf", repo_id, "--output-dir", output_dir])
     return sorted(p.name for p in Path(os.environ["HF_HUB_CACHE"]).rglob("*") if p.is_file() and "blobs" not in str(p))

@@ -19,9 +19,9 @@ import torch
 from sft_helpers import build_tiny_models, run_sft, write_llava_dataset
 
 from minillava.train.checkpoints import checkpoint_problem, last_complete_checkpoint
-from minillava.train.data import SkippedSample, SkipReport
-from minillava.train.output_dir import LOCK_NAME
-from minillava.train.trainer import MiniLlavaSFTTrainer
+from minillava.train.training.data import SkippedSample, SkipReport
+from minillava.train.training.output_dir import LOCK_NAME
+from minillava.train.training.trainer import MiniLlavaSFTTrainer
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ if target:
         return real_save(obj, f, *args, **kwargs)
 
     torch.save = save
-from minillava.train.sft import main
+from minillava.train.training.sft import main
 main(sys.argv[1:])
 """
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from minillava.train.demo import DemoArguments, demo
+from minillava.train.demo.run import DemoArguments, demo
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_stage_folders_load_with_the_auto_classes(quick_demo):
 
 @pytest.mark.parametrize("preset", ["tiny-llava-1.5", "tiny-minigpt4"])
 def test_tiny_presets_build_from_the_pretrained_parts(quick_demo, preset, tmp_path, monkeypatch):
-    from minillava.train.build import BuildArguments, build
+    from minillava.train.training.build import BuildArguments, build
 
     out, _ = quick_demo
     monkeypatch.setenv("MINILLAVA_COMPONENTS_CACHE", str(out / "components"))

@@ -9,8 +9,9 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, Blip2ForConditionalGeneration, CLIPVisionModel
 
-from minillava.train import components, demo_world
-from minillava.train.demo_world import (
+from minillava.train.demo import components
+from minillava.train.demo import world as demo_world
+from minillava.train.demo.world import (
     ANSWERS,
     HELD_OUT_PAIRS,
     RESPONSE_FORMAT_PROMPT,

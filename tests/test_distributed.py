@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import load_file
 from sft_helpers import build_tiny_models, llava_record, run_sft, write_llava_dataset
 
-from minillava.train.distributed import launch_command, resolve_launch_config
+from minillava.train.training.distributed import launch_command, resolve_launch_config
 
 
 MINILLAVA = str(Path(sys.executable).parent / "minillava")
@@ -168,7 +168,7 @@ def test_deepspeed_zero_equals_one_process(config, arch, recipe, built, data, tm
 
 def test_accelerate_cpu_flag_refuses_to_train_one_process_alone(built, data, tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "-m",
-               "minillava.train.sft", "--config", "tiny-cpu-instruct", "--model_name_or_path", str(built["minigpt4"]),
+               "minillava.train.training.sft", "--config", "tiny-cpu-instruct", "--model_name_or_path", str(built["minigpt4"]),
                *data, "--output_dir", "out"]  # fmt: skip
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode != 0
@@ -199,7 +199,12 @@ def test_shipped_launch_configs(tmp_path):
         path = resolve_launch_config(name)
         config = load_config_from_file(path)
         assert str(config.distributed_type).endswith(kind), (name, config.distributed_type)
-        assert launch_command(path, "2", ["--config", "x"])[-4:] == ["-m", "minillava.train.sft", "--config", "x"]
+        assert launch_command(path, "2", ["--config", "x"])[-4:] == [
+            "-m",
+            "minillava.train.training.sft",
+            "--config",
+            "x",
+        ]
     assert load_config_from_file(resolve_launch_config("fsdp2")).fsdp_config["fsdp_version"] == 2
     for stage in (2, 3):
         file = yaml.safe_load(Path(resolve_launch_config(f"zero{stage}")).read_text())["deepspeed_config"]

@@ -8,7 +8,7 @@ from transformers import AutoModelForImageTextToText, TrainerCallback
 
 import minillava.modeling  # noqa: F401
 from minillava.processing import MiniLlavaProcessor
-from minillava.train.feature_cache import ImageFeatureCache, model_fingerprint
+from minillava.train.training.feature_cache import ImageFeatureCache, model_fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,7 @@ def test_minigpt4_stops_at_its_turn_separator(tmp_path):
     from tiny import save_parts
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from minillava.train.build import BuildArguments, build
+    from minillava.train.training.build import BuildArguments, build
 
     parts = save_parts(tmp_path / "parts")
     build(

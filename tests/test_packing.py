@@ -10,7 +10,7 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import minillava.modeling  # noqa: F401
 from minillava.processing import MiniLlavaProcessor
-from minillava.train.packing import (
+from minillava.train.training.packing import (
     ModalityLengthGroupedSampler,
     PackedBatchSampler,
     PaddingFreeCollator,

@@ -31,9 +31,9 @@ def publish(model_folder: str, data: str, images: str, output_dir: str, merged_d
     id with `minillava merge --push-to-hub`."""
     from huggingface_hub import snapshot_download
 
-    from minillava.train.merge import main as merge
-    from minillava.train.push import push
-    from minillava.train.sft import main as sft
+    from minillava.train.hub.push import push
+    from minillava.train.training.merge import main as merge
+    from minillava.train.training.sft import main as sft
 
     push(model_folder, BASE_ID)
     snapshot = snapshot_download(BASE_ID)
@@ -70,7 +70,7 @@ def assert_png_plot(path) -> None:
 def test_pushed_adapter_and_merged_cards_name_the_hub_base_with_tensorboard_and_loss_curve(workdir, tmp_path):
     from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
-    from minillava.train.cards import hub_id_of
+    from minillava.train.hub.cards import hub_id_of
 
     root, built, data, images = workdir
     out, merged = tmp_path / "lora", tmp_path / "merged"
@@ -129,7 +129,7 @@ def test_a_run_from_a_folder_without_hub_id_writes_no_local_path_and_no_tracker_
     from huggingface_hub import ModelCard
     from sft_helpers import run_sft
 
-    from minillava.train.merge import main as merge
+    from minillava.train.training.merge import main as merge
 
     root, built, data, images = workdir
     out, merged = tmp_path / "lora", tmp_path / "merged"
@@ -160,9 +160,9 @@ def test_a_run_from_a_folder_without_hub_id_writes_no_local_path_and_no_tracker_
 
 
 def test_every_recipe_reports_to_tensorboard_by_default_and_a_flag_wins():
-    from minillava.train.recipes import recipe_names, resolve_recipe
-    from minillava.train.sft import make_parser
-    from minillava.train.tracking import resolve_report_to
+    from minillava.train.training.recipes import recipe_names, resolve_recipe
+    from minillava.train.training.sft import make_parser
+    from minillava.train.training.tracking import resolve_report_to
 
     cpu = ["--use_cpu", "true", "--bf16", "false", "--tf32", "false", "--model_name_or_path", "m"]
     for name in recipe_names():

@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from tiny import save_parts
 
-from minillava.train.build import BuildArguments, build
+from minillava.train.training.build import BuildArguments, build
 
 
 SCRIPT = Path(__file__).parent / "scripts" / "load_remote.py"

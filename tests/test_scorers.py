@@ -348,6 +348,36 @@ def test_generic_vqa_exact_match_and_vqa_accuracy(tmp_path):
     assert results["metrics"]["exact_match"] == 100.0
 
 
+
+def test_generic_vqa_on_llava_conversation_json_per_question_type(tmp_path):
+    """Training-style LLaVA JSON scores as custom VQA data: the first reply is the answer, `type`/`category` the
+    question type the exact match is broken down by."""
+    data = write_json(
+        tmp_path / "held_out.json",
+        [
+            {"id": "a", "image": "1.png", "type": "colour",
+             "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red"}]},
+            {"id": "b", "image": "2.png", "category": "colour",
+             "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "blue"}]},
+            {"id": "c", "image": "3.png", "type": "count",
+             "conversations": [{"from": "human", "value": "<image>\nCount?"}, {"from": "gpt", "value": "two"}]},
+            {"id": "d", "image": "4.png",
+             "conversations": [{"from": "human", "value": "<image>\nShape?"}, {"from": "gpt", "value": "circle"}]},
+        ],
+    )  # fmt: skip
+    questions = read_questions(data)
+    assert [q.text for q in questions] == ["Colour?", "Colour?", "Count?", "Shape?"]
+    assert [q.category for q in questions] == ["colour", "colour", "count", None]
+    # a: "red" = "red"; b: "green" != "blue"; c: "2" and "two" both normalise to "2"; d: "circle."
+    answers = answers_file(tmp_path / "answers.jsonl", {"a": "red", "b": "green", "c": "2", "d": "circle."})
+    results = evaluate("vqa", answers, data)
+    assert results["overall"] == 75.0
+    assert results["metrics"]["per_question_type"] == {"colour": 50.0, "count": 100.0}
+    assert results["metrics"]["num_questions_per_type"] == {"colour": 2, "count": 1}
+    one_turn = write_json(tmp_path / "one_turn.json", [{"id": 1, "conversations": [{"from": "human", "value": "Q"}]}])
+    with pytest.raises(EvalFileError, match=r"one_turn\.json: record 1: 'conversations' needs a second turn"):
+        evaluate("vqa", answers, one_turn)
+
 # ----------------------------------------------------------------------------------------------------------------
 # GQA
 
@@ -1032,7 +1062,7 @@ def test_results_file(tmp_path):
 def test_eval_core_pulls_in_neither_torch_nor_the_demo_world():
     code = (
         "import sys, minillava.train.eval; "
-        "print(any(m == 'torch' or m.startswith('minillava.train.demo') for m in sys.modules))"
+        "print(any(m == 'torch' or m.startswith('minillava.train.demo.run') for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -13,7 +13,7 @@ from tiny import make_image
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from minillava.processing import get_chat_template
-from minillava.train.data import (
+from minillava.train.training.data import (
     MINIGPT4_ALIGNMENT_PROMPTS,
     BadSampleError,
     DataCollatorWithSampleChecks,
@@ -207,7 +207,7 @@ def test_undecodable_image_is_skipped_when_its_batch_is_built(tmp_path, llava_pr
     dataset, report = load_sft_dataset(str(path), llava_processor, image_folder=str(images))
     assert not report, "headers only: a truncated file passes the up-front check"
     collator = collator_for(llava_processor, dataset=dataset)
-    with caplog.at_level(logging.WARNING, logger="minillava.train.data"):
+    with caplog.at_level(logging.WARNING, logger="minillava.train.training.data"):
         batch = collator([dataset[0], dataset[1], dataset[2]])
     assert batch["input_ids"].shape[0] == 2 and (batch["labels"] != -100).any(dim=1).all()
     where = f"{path}:{record_line(path, 'sample-1')}"

@@ -18,7 +18,7 @@ REPO_ID = f"{USER}/tiny-llava-sft"
 
 def sft_and_push(argv: list[str]) -> None:
     """Client process: `minillava sft ARGV...` (which pushes)."""
-    from minillava.train.sft import main
+    from minillava.train.training.sft import main
 
     main(argv)
 
@@ -53,7 +53,7 @@ def read_hub_dataset(repo_id: str, model_folder: str) -> dict:
     """Client process: reads a Hub dataset by id as `minillava sft` does."""
     import minillava.modeling  # noqa: F401  (registers the minillava classes)
     from minillava.processing import MiniLlavaProcessor
-    from minillava.train.data import load_sft_dataset
+    from minillava.train.training.data import load_sft_dataset
 
     dataset, report = load_sft_dataset(repo_id, MiniLlavaProcessor.from_pretrained(model_folder), max_length=512)
     return {

@@ -2,8 +2,8 @@
 
 import pytest
 
-from minillava.train.recipes import recipe_names, resolve_recipe
-from minillava.train.sft import make_parser
+from minillava.train.training.recipes import recipe_names, resolve_recipe
+from minillava.train.training.sft import make_parser
 
 
 # On a CPU machine: the GPU recipes ask for bf16 and tf32.

@@ -8,8 +8,8 @@ from safetensors import safe_open
 from sft_helpers import build_tiny_models, image_inputs, run_sft, snapshot, write_llava_dataset
 from transformers import AutoModelForImageTextToText, TrainerCallback
 
-from minillava.train.merge import main as merge_main
-from minillava.train.recipes import arch_modules
+from minillava.train.training.merge import main as merge_main
+from minillava.train.training.recipes import arch_modules
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +277,7 @@ def test_python_api_trains_on_an_in_memory_dataset(built, tmp_path, caplog):
     from tiny import make_image
     from trl import ModelConfig, SFTConfig
 
-    from minillava.train.sft import SFTScriptArguments, train
+    from minillava.train.training.sft import SFTScriptArguments, train
 
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]},

@@ -1,4 +1,4 @@
-"""`minillava web` (`minillava.train.web`) in a real browser: the server runs as `minillava web` in a subprocess on a
+"""`minillava web` (`minillava.train.chat.web`) in a real browser: the server runs as `minillava web` in a subprocess on a
 free port of 127.0.0.1, with a tiny MiniGPT-4 model rewired to answer a known text (then "###" and more, which
 must not show) and slowed down per decoding step; headless Chromium, driven by Selenium through Debian's
 chromedriver, uploads an image, asks, and reads the answer as it grows in the page. Bad images (not an image, too

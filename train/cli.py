@@ -8,15 +8,18 @@ import sys
 
 
 COMMANDS = {
-    "build": ("minillava.train.build", "compose a model and processor from a vision encoder and a causal LM"),
-    "sft": ("minillava.train.sft", "train a stage (align / instruct) with TRL's SFTTrainer"),
-    "push": ("minillava.train.push", "upload a trained output folder to the Hub (retried, no pickles)"),
-    "merge": ("minillava.train.merge", "merge a LoRA adapter into a full model"),
-    "convert": ("minillava.train.convert", "convert llava-hf, original LLaVA and MiniGPT-4 checkpoints"),
-    "demo": ("minillava.train.demo", "offline two-stage demo for both architectures on a synthetic world"),
+    "build": ("minillava.train.training.build", "compose a model and processor from a vision encoder and a causal LM"),
+    "sft": ("minillava.train.training.sft", "train a stage (align / instruct) with TRL's SFTTrainer"),
+    "push": ("minillava.train.hub.push", "upload a trained output folder to the Hub (retried, no pickles)"),
+    "merge": ("minillava.train.training.merge", "merge a LoRA adapter into a full model"),
+    "convert": ("minillava.train.conversion", "convert llava-hf, original LLaVA and MiniGPT-4 checkpoints"),
+    "demo": ("minillava.train.demo.run", "offline two-stage demo for both architectures on a synthetic world"),
     "eval": ("minillava.train.eval.run", "answer and score a benchmark as LLaVA-1.5's evaluation (resumable)"),
-    "chat": ("minillava.train.chat", "chat with a model in the terminal, answers streamed (/image, /reset, /save)"),
-    "web": ("minillava.train.web", "a web page to upload an image and chat with a model, answers streamed"),
+    "chat": (
+        "minillava.train.chat.terminal",
+        "chat with a model in the terminal, answers streamed (/image, /reset, /save)",
+    ),
+    "web": ("minillava.train.chat.web", "a web page to upload an image and chat with a model, answers streamed"),
 }
 
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny import make_image  # noqa: E402
 
 import minillava.modeling  # noqa: E402, F401
-from minillava.train.recipes import set_trainable  # noqa: E402
+from minillava.train.training.recipes import set_trainable  # noqa: E402
 
 
 QUESTIONS = ["What is in the image?", "Describe it.", "Say something.", "Tell me a story."]

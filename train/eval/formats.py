@@ -272,6 +272,26 @@ def _put(out: dict, key: Any, value: Any, path: PathLike, where: str, seen: dict
 # LLaVA's question and answer files
 
 
+QUESTION_TYPE_KEYS = ("question_type", "type", "category")
+
+
+def _question_type(path: PathLike, where: str, record: Mapping) -> str | None:
+    """A record's own question type: its first of [`QUESTION_TYPE_KEYS`] that is set."""
+    for key in QUESTION_TYPE_KEYS:
+        value = _get(path, where, record, key, str, required=False)
+        if value is not None:
+            return value
+    return None
+
+
+def _conversation_answer(path: PathLike, where: str, record: Mapping) -> str:
+    """The reference answer of a LLaVA conversation record: its second turn (the first `gpt` reply)."""
+    turns = _get(path, where, record, "conversations", list)
+    if len(turns) < 2 or not isinstance(turns[1], dict) or not isinstance(turns[1].get("value"), str):
+        raise EvalFileError(path, "'conversations' needs a second turn (the answer) holding a string 'value'", where)
+    return turns[1]["value"].strip()
+
+
 def _question_from_conversation(path: PathLike, where: str, record: Mapping) -> Question:
     """A record of LLaVA's ScienceQA question file: the first human turn, `<image>` removed (as model_vqa_science)."""
     question_id = _get(path, where, record, "id", "id")
@@ -280,14 +300,16 @@ def _question_from_conversation(path: PathLike, where: str, record: Mapping) -> 
         raise EvalFileError(path, "'conversations' must start with a turn holding a string 'value'", where)
     image = _get(path, where, record, "image", str, required=False)
     text = turns[0]["value"].replace("<image>", "").strip()
-    return Question(question_id, text, image, extra=dict(record), source=f"{path}:{where}")
+    return Question(question_id, text, image, _question_type(path, where, record), extra=dict(record),
+                    source=f"{path}:{where}")  # fmt: skip
 
 
 def read_questions(path: PathLike) -> list[Question]:
     """LLaVA's eval question file: JSONL of `question_id`, `text`, `image` (optional), `category` (optional).
 
-    LLaVA's ScienceQA file (a JSON list of `id`, `image`, `conversations`) is read too: a question is its first turn
-    without the `<image>` placeholder.
+    LLaVA conversation JSON (its ScienceQA file, or training-style data: a list of `id`, `image`, `conversations`) is
+    read too: a question is its first turn without the `<image>` placeholder, its category the record's `category`
+    or `type`.
     """
     questions = []
     for where, record in _records(path):
@@ -372,23 +394,31 @@ def read_vizwiz_annotations(path: PathLike) -> dict[str, VQAAnnotation]:
 
 
 def read_vqa_jsonl(path: PathLike) -> dict[str, VQAAnnotation]:
-    """Custom VQA data: JSONL (or a JSON list) of `question_id` with `answers` (list) or `answer` (string)."""
+    """Custom VQA data: JSONL (or a JSON list) of `question_id` with `answers` (list) or `answer` (string), or LLaVA
+    conversation JSON (`id`, `image`, `conversations`: the first reply is the answer). A record's `question_type`,
+    `type` or `category` is its question type, which the scores are broken down by."""
     out: dict[str, VQAAnnotation] = {}
     seen: dict[str, str] = {}
     for where, record in _records(path):
-        question_id = str(_get(path, where, record, "question_id", "id"))
-        if "answers" in record:
-            answers = _human_answers(path, where, record)
-        elif "answer" in record:
-            answers = (_get(path, where, record, "answer", str),)
+        conversation = "conversations" in record and "text" not in record
+        if conversation:
+            question_id = str(_get(path, where, record, "id", "id"))
+            answers: tuple[str, ...] = (_conversation_answer(path, where, record),)
         else:
-            raise EvalFileError(path, "missing 'answers' (a list) or 'answer' (a string)", where)
+            question_id = str(_get(path, where, record, "question_id", "id"))
+            if "answers" in record:
+                answers = _human_answers(path, where, record)
+            elif "answer" in record:
+                answers = (_get(path, where, record, "answer", str),)
+            else:
+                raise EvalFileError(path, "missing 'answers' (a list) or 'answer' (a string)", where)
         annotation = VQAAnnotation(
             question_id=question_id,
             answers=answers,
             answer_type=_get(path, where, record, "answer_type", str, required=False),
+            question_type=_question_type(path, where, record),
             image=_get(path, where, record, "image", str, required=False),
-            question=_get(path, where, record, "text", str, required=False),
+            question=None if conversation else _get(path, where, record, "text", str, required=False),
         )
         _put(out, question_id, annotation, path, where, seen)
     return out

@@ -10,7 +10,7 @@ minillava eval --benchmark gqa --predictions eval/gqa/answers.jsonl --answers te
 ```
 
 ```python
-from minillava.train.eval.run import evaluate_model
+from .run import evaluate_model
 
 results = evaluate_model("llava-1.5-7b", "gqa", "llava_gqa_testdev_balanced.jsonl", "gqa/images", "eval/gqa",
                          annotations="testdev_balanced_questions.json")
@@ -565,7 +565,8 @@ def default_annotations(
     benchmark: Benchmark, questions: PathLike | None, question_list: Sequence[Question] | None = None
 ) -> PathLike | None:
     """What to score against when `--answers` is not given: the question file itself for the generic `vqa`
-    benchmark when its lines hold `answer` or `answers` (all of them are checked when it is read), and MMBench's
+    benchmark when its lines hold `answer` or `answers`, or it is LLaVA conversation JSON (all of them are checked
+    when it is read), and MMBench's
     TSV; otherwise nothing (answers are written, not scored)."""
     if questions is None:
         return None
@@ -574,7 +575,7 @@ def default_annotations(
     if benchmark.name == "vqa":
         if question_list is None:
             question_list = read_eval_questions(questions, benchmark)
-        if any("answer" in question.extra or "answers" in question.extra for question in question_list):
+        if any(key in question.extra for question in question_list for key in ("answer", "answers", "conversations")):
             return questions
     return None
 

@@ -309,21 +309,30 @@ def score_vizwiz(predictions: Mapping, annotations: Mapping[str, VQAAnnotation],
 
 def score_vqa(predictions: Mapping, annotations: Mapping[str, VQAAnnotation], skip_missing: bool = False) -> dict:
     """Custom VQA data: exact match (%) of the normalised prediction with any normalised answer, and VQA accuracy
-    (%) where every question has 10 answers; `overall` is VQA accuracy then, else exact match."""
+    (%) where every question has 10 answers; `overall` is VQA accuracy then, else exact match. Questions with a
+    `question_type` also get `per_question_type` (the overall metric per type) and `num_questions_per_type`."""
     predictions = _canonical(predictions)
+    ten_answers = bool(annotations) and all(len(annotation.answers) == 10 for annotation in annotations.values())
     matched: list[float] = []
+    per_type: dict[str, list[float]] = defaultdict(list)
     lookup = _Lookup(predictions, skip_missing)
     for key, annotation in annotations.items():
         scored, text = lookup(key)
         if not scored:
             continue
         matched.append(0.0 if text is None else float(exact_match(text, annotation.answers)))
+        if annotation.question_type is not None:
+            overall = matched[-1] if not ten_answers or text is None else vqa_accuracy(text, annotation.answers)
+            per_type[annotation.question_type].append(overall)
     metrics: dict[str, Any] = {"exact_match": _percent(matched)}
-    if annotations and all(len(annotation.answers) == 10 for annotation in annotations.values()):
+    if ten_answers:
         metrics["vqa_accuracy"] = _score_vqa(predictions, annotations, skip_missing)["accuracy"]
         metrics["overall"], metrics["overall_metric"] = metrics["vqa_accuracy"], "vqa_accuracy"
     else:
         metrics["overall"], metrics["overall_metric"] = metrics["exact_match"], "exact_match"
+    if per_type:
+        metrics["per_question_type"] = _breakdown(per_type)
+        metrics["num_questions_per_type"] = {name: len(values) for name, values in sorted(per_type.items())}
     metrics.update(num_questions=len(matched), num_missing=lookup.missing)
     return metrics
 

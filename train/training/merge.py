@@ -52,12 +52,12 @@ def write_merged_card(
     revision: str | None = None,
     hub_model_id: str | None = None,
 ) -> None:
-    """Writes the merged folder's `README.md` (see [`minillava.train.cards.merged_card`]) with the adapter's
+    """Writes the merged folder's `README.md` (see [`minillava.train.hub.cards.merged_card`]) with the adapter's
     `loss_curve.png` beside it."""
     from huggingface_hub import ModelCard
 
-    from minillava.train.cards import CARD_NAME, hub_id_of, is_hub_id, merged_card
-    from minillava.train.plots import LOSS_CURVE_NAME
+    from ..hub.cards import CARD_NAME, hub_id_of, is_hub_id, merged_card
+    from ..plots import LOSS_CURVE_NAME
 
     card_file = _adapter_file(adapter, CARD_NAME, revision)
     adapter_card = None
@@ -98,14 +98,15 @@ def merge(
     hub_model_id: str | None = None,
 ):
     """Loads `adapter` on its base, merges it (`merge_and_unload`) and saves model and processor to `output_dir`
-    with [`minillava.train.build.save`], with a model card (titled `hub_model_id` when given) and the adapter's loss
+    with [`minillava.train.training.build.save`], with a model card (titled `hub_model_id` when given) and the adapter's loss
     curve; returns `(model, processor)`."""
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForImageTextToText
 
     import minillava.modeling  # noqa: F401  (registers the minillava classes with the Auto classes)
     from minillava.processing import MiniLlavaProcessor
-    from minillava.train.build import save
+
+    from .build import save
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"Saved the merged {type(model).__name__}, its processor and its card to {args.output_dir}")
     if args.push_to_hub:
-        from minillava.train.push import push
+        from ..hub.push import push
 
         push(args.output_dir, args.hub_model_id, commit_message="Upload the merged model with minillava merge")
         print(f"Pushed to {args.hub_model_id}")

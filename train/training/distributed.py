@@ -3,7 +3,7 @@ that stop a run whose processes would not train together.
 
 The configs live in `hub_configs/accelerate/` (`ddp`, `zero2`, `zero3`, `fsdp2`). `minillava sft --launch NAME
 [--num_processes N] ARGS...` runs `accelerate launch --config_file <that file> [--num_processes N] -m
-minillava.train.sft ARGS...`; the same `accelerate launch` line works by hand from a clone of this repository.
+minillava.train.training.sft ARGS...`; the same `accelerate launch` line works by hand from a clone of this repository.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from minillava.train.recipes import resolve_shipped
+from .recipes import resolve_shipped
 
 
 ACCELERATE_FOLDER = "accelerate"
@@ -64,7 +64,7 @@ def launch_command(config_path: str, num_processes: str | None, argv: list[str])
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_path]
     if num_processes is not None:
         command += ["--num_processes", str(num_processes)]
-    return [*command, "-m", "minillava.train.sft", *argv]
+    return [*command, "-m", "minillava.train.training.sft", *argv]
 
 
 def launch(argv: list[str]) -> int:
@@ -105,7 +105,7 @@ def check_processes(distributed_type: str, num_processes: int) -> None:
             "accelerate launch --cpu starts one process whatever --num_processes says (its multi-CPU mode needs "
             "mpirun), so this run would train alone. Run several CPU processes over gloo with `minillava sft --launch "
             "ddp --num_processes N ...` (or `accelerate launch --config_file hub_configs/accelerate/ddp.yaml "
-            "--num_processes N -m minillava.train.sft ...`), without --cpu."
+            "--num_processes N -m minillava.train.training.sft ...`), without --cpu."
         )
     use_ddp = "On a machine without GPUs use the ddp config (`minillava sft --launch ddp --num_processes N ...`)."
     fsdp = " accelerate runs FSDP on GPUs (and other accelerators) only." if _env_flag("ACCELERATE_USE_FSDP") else ""

@@ -57,12 +57,12 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-from minillava.train.checkpoints import PARTIAL_PREFIX, last_complete_checkpoint
-from minillava.train.data import DATASET_FORMATS, SkipReport, infer_format, load_sft_dataset
-from minillava.train.distributed import LaunchError, check_processes
-from minillava.train.output_dir import RunLock, check_output_dir
-from minillava.train.push import PushError
-from minillava.train.recipes import STAGES, check_stage, resolve_recipe
+from ..checkpoints import PARTIAL_PREFIX, last_complete_checkpoint
+from ..hub.push import PushError
+from .data import DATASET_FORMATS, SkipReport, infer_format, load_sft_dataset
+from .distributed import LaunchError, check_processes
+from .output_dir import RunLock, check_output_dir
+from .recipes import STAGES, check_stage, resolve_recipe
 
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def train(
             markers by TRL's vision collator) and `remove_unused_columns` off (sample ids reach the collator).
             `max_length` is checked before training: longer samples are skipped, never truncated. `padding_free` lays
             each batch out without padding and `packing` (strategy `bfd`) fills rows of `max_length` tokens from the
-            whole dataset (see [`minillava.train.packing`]): TRL itself refuses both for vision datasets.
+            whole dataset (see [`minillava.train.training.packing`]): TRL itself refuses both for vision datasets.
         model_args (`trl.ModelConfig`): the model (`model_name_or_path`: a built or stage-1 folder, or a Hub id),
             `dtype`, and the LoRA (`use_peft`, `lora_r`, ...) and quantization (`load_in_4bit`, ...) settings.
         train_dataset (`datasets.Dataset`, *optional*): `messages` + `images` rows used instead of
@@ -260,9 +260,10 @@ def _train(script_args, training_args, model_args, train_dataset, callbacks):
 
     import minillava.modeling  # noqa: F401  (registers the minillava classes with the Auto classes)
     from minillava.processing import MiniLlavaProcessor
-    from minillava.train.data import DataCollatorWithSampleChecks, decode_images, load_image
-    from minillava.train.distributed import keep_used_weight_conversions
-    from minillava.train.feature_cache import (
+
+    from .data import DataCollatorWithSampleChecks, decode_images, load_image
+    from .distributed import keep_used_weight_conversions
+    from .feature_cache import (
         CachedFeaturesCollator,
         ImageFeatureCache,
         add_image_hashes,
@@ -270,15 +271,15 @@ def _train(script_args, training_args, model_args, train_dataset, callbacks):
         fill_cache,
         model_fingerprint,
     )
-    from minillava.train.packing import PaddingFreeCollator
-    from minillava.train.recipes import (
+    from .packing import PaddingFreeCollator
+    from .recipes import (
         arch_modules,
         freeze_front_end,
         lora_config,
         quantization_config,
         set_trainable,
     )
-    from minillava.train.trainer import MiniLlavaSFTTrainer
+    from .trainer import MiniLlavaSFTTrainer
 
     stage = script_args.stage
     check_stage(
@@ -483,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     """`minillava sft --config RECIPE [--flag value ...]`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(item == "--launch" or item.startswith("--launch=") for item in argv):
-        from minillava.train.distributed import launch
+        from .distributed import launch
 
         sys.exit(launch(argv))
     if "--config" in argv and argv.index("--config") + 1 < len(argv):

@@ -23,14 +23,15 @@ from trl import SFTTrainer
 
 from minillava.modeling import MiniVLMForConditionalGeneration
 from minillava.processing import MiniLlavaProcessor
-from minillava.train.build import save
-from minillava.train.cards import CARD_NAME, model_card
-from minillava.train.checkpoints import PARTIAL_PREFIX
-from minillava.train.packing import ModalityLengthGroupedSampler, PackedBatchSampler
-from minillava.train.plots import LOSS_CURVE_NAME, save_loss_curve
-from minillava.train.push import is_ignored, upload_folder
-from minillava.train.recipes import arch_modules
-from minillava.train.tracking import resolve_report_to, stage_tensorboard
+
+from ..checkpoints import PARTIAL_PREFIX
+from ..hub.cards import CARD_NAME, model_card
+from ..hub.push import is_ignored, upload_folder
+from ..plots import LOSS_CURVE_NAME, save_loss_curve
+from .build import save
+from .packing import ModalityLengthGroupedSampler, PackedBatchSampler
+from .recipes import arch_modules
+from .tracking import resolve_report_to, stage_tensorboard
 
 
 logger = logging.getLogger(__name__)
@@ -90,17 +91,17 @@ class MiniLlavaSFTTrainer(SFTTrainer):
     """[`~trl.SFTTrainer`] with what a minillava run needs on top:
 
     - `connector_lr`: a learning rate of its own for the connector (LLaVA's `--mm_projector_lr`);
-    - every full-model save (final or checkpoint) goes through [`minillava.train.build.save`]: safetensors weights,
+    - every full-model save (final or checkpoint) goes through [`minillava.train.training.build.save`]: safetensors weights,
       processor, chat template and the code files, so each saved folder loads with `trust_remote_code=True`;
     - pushes during training also carry the code files (the Trainer only copies weights and configs);
     - a model card with the base model (a Hub id, never a local path), components, stage, data, hyperparameters,
-      final metrics, the loss curve and how to load (see [`minillava.train.cards`]); `save_loss_curve` writes
+      final metrics, the loss curve and how to load (see [`minillava.train.hub.cards`]); `save_loss_curve` writes
       `loss_curve.png` at the end of training;
     - `report_to: auto` (the shipped recipes) logs to TensorBoard where it is installed; a run that pushes during
       training writes those logs under `_tensorboard/` and moves them to `runs/` when training ends, so that no
-      push uploads a growing event file (see [`minillava.train.tracking`]);
+      push uploads a growing event file (see [`minillava.train.training.tracking`]);
     - batches packed from the whole dataset (`packing`) or grouped by modality and length, from the dataset's
-      `length` and `num_images` columns (see [`minillava.train.packing`]).
+      `length` and `num_images` columns (see [`minillava.train.training.packing`]).
 
     Args:
         connector_lr (`float`, *optional*):
@@ -442,7 +443,7 @@ class MiniLlavaSFTTrainer(SFTTrainer):
         folder: str | os.PathLike | None = None,
         **kwargs,
     ) -> None:
-        """Writes `README.md` in `folder` (default `output_dir`; see [`minillava.train.cards.model_card`]): base
+        """Writes `README.md` in `folder` (default `output_dir`; see [`minillava.train.hub.cards.model_card`]): base
         model as a Hub id, stage, data, hyperparameters, metrics, loss curve, usage."""
         if not self.is_world_process_zero():
             return

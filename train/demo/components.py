@@ -1,7 +1,7 @@
 """Small pretrained components for the offline demo, built reproducibly on CPU and cached on disk.
 
 The demo needs real features to align in stage 1, so every part is pretrained on the synthetic world of
-[`minillava.train.demo_world`]. Pretraining uses its `"pretrain"` split, which shows every shape and colour combination
+[`minillava.train.demo.world`]. Pretraining uses its `"pretrain"` split, which shows every shape and colour combination
 (as web-scale data would); the demo's stage-1/2 data (`"train"`) leave some out and `"test"` brings them back:
 
 - [`tiny_tokenizer_and_lm`]: a byte-level BPE tokenizer over the world's text and the chat templates' words, and a
@@ -22,7 +22,7 @@ Each function returns the folder of its component and builds it only when it is 
 (settings, timings and quality checks) exists; it is written into a temporary folder and renamed at the end.
 
 ```bash
-python -m minillava.train.components --quick      # or: --cache-dir /tmp/components
+python -m minillava.train.demo.components --quick      # or: --cache-dir /tmp/components
 ```
 """
 
@@ -67,7 +67,8 @@ from transformers import (
 
 from minillava.processing.chat_templates import LLAVA_SYSTEM_PROMPT
 from minillava.processing.processing_minillava import make_tokenizer_config_portable
-from minillava.train.demo_world import (
+
+from .world import (
     ANSWERS,
     COLOURS,
     COUNTS,
@@ -739,7 +740,7 @@ def build_all(cache_dir: str | Path | None = None, quick: bool = False, verbose:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
-    """`python -m minillava.train.components [--cache-dir DIR] [--quick]`: build and print what was built."""
+    """`python -m minillava.train.demo.components [--cache-dir DIR] [--quick]`: build and print what was built."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", default=None, help=f"default: ${CACHE_ENV} or ~/.cache/minillava/components")
     parser.add_argument("--quick", action="store_true", help="reduced pretraining, for `minillava demo --quick`")

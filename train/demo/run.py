@@ -6,7 +6,7 @@ minillava demo --quick --output_dir /tmp/demo
 ```
 
 For each architecture the demo composes a model from small pretrained parts (built reproducibly on first use, see
-`minillava.train.components`), evaluates it, trains stage 1 (align: the connector alone, on captions) and stage 2
+`minillava.train.demo.components`), evaluates it, trains stage 1 (align: the connector alone, on captions) and stage 2
 (instruct: connector + LM, on single-word questions with LLaVA-1.5's response-format prompt) with the same code path
 as `minillava sft`, and evaluates after each stage on held-out scenes, half of them with shape and colour pairs never
 seen in training.
@@ -86,7 +86,8 @@ def evaluate(model_dir: str | Path, examples: list, batch_size: int = 32, desc: 
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import minillava.modeling  # noqa: F401  (registers the Auto classes)
-    from minillava.train.demo_world import vqa_accuracy
+
+    from .world import vqa_accuracy
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -111,8 +112,8 @@ def run_stage(stage: str, model_dir: Path, output_dir: Path, samples: list[dict]
     """Trains one stage through `minillava sft`'s code path (recipe `demo-<stage>`); returns its figures."""
     from datasets import Dataset
 
-    from minillava.train.recipes import resolve_recipe
-    from minillava.train.sft import make_parser, train
+    from ..training.recipes import resolve_recipe
+    from ..training.sft import make_parser, train
 
     script_args, training_args, model_args = make_parser().parse_args_and_config(
         [
@@ -137,8 +138,8 @@ def run_stage(stage: str, model_dir: Path, output_dir: Path, samples: list[dict]
 
 def run_arch(arch: str, parts: dict[str, Path], sizes: DemoSizes, args: DemoArguments) -> dict:
     """Build, evaluate, align, evaluate, instruct, evaluate: one architecture's row of results."""
-    from minillava.train.build import BuildArguments, build
-    from minillava.train.demo_world import caption_samples, evaluation_set, vqa_samples
+    from ..training.build import BuildArguments, build
+    from .world import caption_samples, evaluation_set, vqa_samples
 
     out = Path(args.output_dir) / arch
     examples = evaluation_set(sizes.eval_images, split="test", seed=args.seed)
@@ -204,7 +205,7 @@ def plot(results: dict, path: Path) -> None:
 
 def demo(args: DemoArguments) -> dict:
     """Runs the demo and writes `results.json` and `results.png` into `args.output_dir`."""
-    from minillava.train.components import build_all
+    from .components import build_all
 
     sizes = SIZES[args.quick]
     output_dir = Path(args.output_dir)

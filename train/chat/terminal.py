@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from minillava.train.eval.run import (
+from ..eval.run import (
     DTYPES,
     add_loading_arguments,
     generation_kwargs,
@@ -122,13 +122,14 @@ def adapter_base(model_path: str) -> str | None:
 def four_bit_config(model_path: str, dtype: str = "auto", trust_remote_code: bool = False) -> Any:
     """A `BitsAndBytesConfig` quantizing the language model of `model_path` to 4-bit NF4 (double quantization, as
     QLoRA and LLaVA's `--load-4bit`); the vision tower, the connector (and MiniGPT-4's Q-Former) and `lm_head` stay
-    as they are ([`minillava.train.recipes.quantization_skip_modules`]). Computes in `dtype` (`auto`: the
+    as they are ([`minillava.train.training.recipes.quantization_skip_modules`]). Computes in `dtype` (`auto`: the
     checkpoint's floating dtype, else float32)."""
     import torch
     from transformers import AutoConfig, BitsAndBytesConfig
 
     import minillava.modeling  # noqa: F401  (registers the minillava configs)
-    from minillava.train.recipes import ARCH_MODULES, quantization_skip_modules
+
+    from ..training.recipes import ARCH_MODULES, quantization_skip_modules
 
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     if dtype == "auto":
@@ -206,7 +207,7 @@ def open_image(
     not an image."""
     from PIL import Image
 
-    from minillava.train.data import BadSampleError, load_image, probe_image
+    from ..training.data import BadSampleError, load_image, probe_image
 
     if isinstance(source, (bytes, bytearray)):
         label = name or "the uploaded image"

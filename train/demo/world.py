@@ -10,11 +10,11 @@ Everything is deterministic from `(split, seed, index)`:
 
 Splits: `"train"` never shows the shape and colour combinations of [`HELD_OUT_PAIRS`]; `"test"` uses other seeds and
 draws half of its scenes from them; `"pretrain"` (other seeds again, every combination) is what
-[`minillava.train.components`] pretrains its vision towers and language model on, as web-scale data would. The
+[`minillava.train.demo.components`] pretrains its vision towers and language model on, as web-scale data would. The
 vocabulary is closed: [`vocabulary`] lists every word and [`world_sentences`] every sentence the world can produce.
 
 ```python
->>> from minillava.train.demo_world import ANSWERS, vqa_samples
+>>> from minillava.train.demo.world import ANSWERS, vqa_samples
 >>> sample = vqa_samples(1, seed=0)[0]
 >>> sample["messages"][1]["content"][0]["text"] in ANSWERS
 True

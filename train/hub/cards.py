@@ -13,8 +13,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from minillava.train.plots import LOSS_CURVE_NAME
-from minillava.train.tracking import TENSORBOARD_FOLDER
+from ..plots import LOSS_CURVE_NAME
+from ..training.tracking import TENSORBOARD_FOLDER
 
 
 ARCH_NAMES = {"minillava": "llava-1.5", "minillava_minigpt4": "minigpt4"}

@@ -9,7 +9,7 @@ A light server of the standard library (`http.server`, no extra dependency): one
 box and a send button; the answer comes as Server-Sent Events on the response of a `fetch`, which the page reads as
 it arrives. Each page load is a conversation of its own (kept in memory, the oldest dropped past `--max_sessions`);
 an image goes with the next message. Bad images (not an image, too large) are refused with the reason, shown in the
-page. It serves what `minillava chat` does (`minillava.train.chat`): the same loading, sampling flags, stop at the
+page. It serves what `minillava chat` does (`minillava.train.chat.terminal`): the same loading, sampling flags, stop at the
 template's turn separator (MiniGPT-4's `###`). It binds 127.0.0.1 unless `--host` says otherwise; it has no login:
 bind another address only on a network you trust.
 """
@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from minillava.train.chat import (
+from .terminal import (
     ChatError,
     ChatModel,
     Conversation,

@@ -32,7 +32,8 @@ from minillava.modeling.modeling_minillava import MiniLlavaMultiModalProjector
 from minillava.processing.chat_templates import get_chat_template, turn_separator
 from minillava.processing.image_processing import make_image_processor
 from minillava.processing.processing_minillava import MiniLlavaProcessor
-from minillava.train.checkpoints import load_exact, load_tensors, strip_prefix
+
+from ..checkpoints import load_exact, load_tensors, strip_prefix
 
 
 logger = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def resolve_part(ref: str) -> str:
     folder of that pretrained tiny part, built on first use (`$MINILLAVA_COMPONENTS_CACHE` or ~/.cache/minillava)."""
     if not ref.startswith(COMPONENT_PREFIX):
         return ref
-    from minillava.train import components
+    from ..demo import components
 
     builders = {
         "lm": components.tiny_tokenizer_and_lm,

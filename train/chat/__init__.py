@@ -1,0 +1,1 @@
+"""Talking to a model: `minillava chat` in the terminal ([`terminal`]) and `minillava web` in a browser ([`web`])."""

@@ -1,0 +1,1 @@
+"""Publishing: `minillava push` (retried uploads that refuse pickles) and the model cards written with it."""
