@@ -18,22 +18,37 @@ def quick_demo(tmp_path_factory):
 
 def test_results_json_has_the_documented_shape(quick_demo):
     out, results = quick_demo
-    saved = json.loads((out / "results.json").read_text())
-    assert set(saved) == {"llava-1.5", "minigpt4"}
-    for rows in saved.values():
-        assert set(rows) == {"before", "align", "instruct"}
-        assert 0.0 <= rows["before"]["accuracy"] <= 1.0
+    saved = json.loads((out / "compare.json").read_text())
+    assert set(saved["archs"]) == {"llava-1.5", "minigpt4"}
+    assert saved["settings"]["budgets"] == {"align": "1epochs", "instruct": "1epochs"}
+    for column in saved["archs"].values():
+        stages = column["stages"]
+        assert set(stages) == {"before", "align", "instruct"}
+        assert 0.0 <= stages["before"]["accuracy"] <= 100.0
         for stage in ("align", "instruct"):
-            assert rows[stage]["samples_per_second"] > 0 and rows[stage]["peak_memory_mb"] > 0
-            assert len(rows[stage]["loss_curve"]) >= 2
-    assert (out / "results.png").stat().st_size > 10_000
+            assert stages[stage]["samples_per_second"] > 0 and stages[stage]["peak_memory_mb"] > 0
+            assert len(stages[stage]["loss_curve"]) >= 2
+        assert set(stages["instruct"]["per_type"]) == {"colour", "shape", "count", "position"}
+    assert (out / "compare.png").stat().st_size > 10_000
+
+
+def test_the_demo_is_compare_on_the_world_files(quick_demo):
+    """The world is written as LLaVA JSON; `minillava compare` on those files is the demo."""
+    out, _ = quick_demo
+    records = json.loads((out / "data" / "eval.json").read_text())
+    assert {record["type"] for record in records} == {"colour", "shape", "count", "position"}
+    settings = json.loads((out / "compare.json").read_text())["settings"]
+    assert settings["data"] == str(out / "data" / "instruct.json")
+    assert settings["captions"] == str(out / "data" / "captions.json")
+    assert settings["eval_data"] == str(out / "data" / "eval.json")
 
 
 def test_both_architectures_learn_the_task(quick_demo):
     _, results = quick_demo
-    for arch, rows in results.items():
-        assert rows["instruct"]["accuracy"] >= rows["before"]["accuracy"] + 0.2, arch
-        first, last = rows["instruct"]["loss_curve"][0][1], rows["instruct"]["loss_curve"][-1][1]
+    for arch, column in results["archs"].items():
+        stages = column["stages"]
+        assert stages["instruct"]["accuracy"] >= stages["before"]["accuracy"] + 20, arch
+        first, last = stages["instruct"]["loss_curve"][0][1], stages["instruct"]["loss_curve"][-1][1]
         assert last < first, arch
 
 

@@ -16,9 +16,10 @@ from minillava.train.demo.world import (
     HELD_OUT_PAIRS,
     RESPONSE_FORMAT_PROMPT,
     caption_samples,
-    evaluation_set,
+    evaluation_samples,
     make_scenes,
     vqa_samples,
+    write_llava_json,
 )
 
 
@@ -108,15 +109,17 @@ def test_write_llava_json(tmp_path):
         assert [t["value"].removeprefix("<image>\n") for t in turns] == [text for _, text in texts(sample)]
 
 
-def test_evaluation_set_and_scoring():
-    examples = evaluation_set(10)
-    image, question, answer = examples[0]
-    assert isinstance(image, Image.Image) and question.endswith(RESPONSE_FORMAT_PROMPT) and answer in ANSWERS
-    references = [example.answer for example in examples]
-    assert set(demo_world.vqa_accuracy(references, references).values()) == {1.0}
+def test_evaluation_samples_carry_their_question_type_into_llava_json(tmp_path):
+    samples = evaluation_samples(10)
+    assert {sample["type"] for sample in samples} == {"colour", "shape", "count", "position"}
+    for sample in samples:
+        answer = sample["messages"][1]["content"][0]["text"]
+        assert answer in ANSWERS and demo_world.answer_kind(answer) == sample["type"]
+        assert sample["messages"][0]["content"][1]["text"].endswith(RESPONSE_FORMAT_PROMPT)
+    json_path, _ = write_llava_json(samples, tmp_path, name="eval")
+    records = json.loads(json_path.read_text())
+    assert [record["type"] for record in records] == [sample["type"] for sample in samples]
     assert demo_world.normalize_answer(" Red.") == "red" and demo_world.normalize_answer("2 circles") == "two"
-    scores = demo_world.vqa_accuracy(["red", "blue", "nonsense"], ["red", "red", "two"])
-    assert scores == {"accuracy": 1 / 3, "colour": 0.5, "count": 0.0}
 
 
 def test_tokenizer_round_trips_every_world_sentence():

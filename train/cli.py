@@ -15,6 +15,10 @@ COMMANDS = {
     "convert": ("minillava.train.conversion", "convert llava-hf, original LLaVA and MiniGPT-4 checkpoints"),
     "demo": ("minillava.train.demo.run", "offline two-stage demo for both architectures on a synthetic world"),
     "eval": ("minillava.train.eval.run", "answer and score a benchmark as LLaVA-1.5's evaluation (resumable)"),
+    "compare": (
+        "minillava.train.compare.run",
+        "train MiniGPT-4 and LLaVA-1.5 alike on your data, evaluate both, report side by side",
+    ),
     "chat": (
         "minillava.train.chat.terminal",
         "chat with a model in the terminal, answers streamed (/image, /reset, /save)",

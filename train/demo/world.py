@@ -5,7 +5,7 @@ Everything is deterministic from `(split, seed, index)`:
 
 - [`caption_samples`] gives LCS-558K-like caption pairs for stage 1 (alignment);
 - [`vqa_samples`] gives single-word questions with LLaVA-1.5's response-format prompt for stage 2;
-- [`evaluation_set`] gives `(image, question, answer)` triples and [`vqa_accuracy`] scores predictions;
+- [`evaluation_samples`] gives held-out questions of the same kind, each with its `type` (colour, shape, ...);
 - [`write_llava_json`] writes any of these as LLaVA conversation JSON plus an image folder.
 
 Splits: `"train"` never shows the shape and colour combinations of [`HELD_OUT_PAIRS`]; `"test"` uses other seeds and
@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -49,15 +49,13 @@ __all__ = [
     "SPLITS",
     "TRAIN_PAIRS",
     "Scene",
-    "VQAExample",
     "answer_kind",
     "caption_samples",
-    "evaluation_set",
+    "evaluation_samples",
     "make_scenes",
     "normalize_answer",
     "to_llava_conversations",
     "vocabulary",
-    "vqa_accuracy",
     "vqa_samples",
     "world_sentences",
     "write_llava_json",
@@ -229,14 +227,6 @@ class Scene:
                 draw.rectangle((x - w, y - r, x + w, y + r), fill=fill)
 
 
-class VQAExample(NamedTuple):
-    """An evaluation triple; unpacks as `image, question, answer`."""
-
-    image: Image.Image
-    question: str
-    answer: str
-
-
 def _jitter(rng: random.Random, rgb: Sequence[int], amount: int) -> tuple[int, int, int]:
     return tuple(min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)
 
@@ -327,13 +317,13 @@ def vqa_samples(
     return samples
 
 
-def evaluation_set(num_images: int, split: str = "test", seed: int = 0, image_size: int = 48) -> list[VQAExample]:
-    """All single-word questions about `num_images` scenes as `(image, question, answer)` triples."""
-    examples = []
-    for sample in vqa_samples(num_images, split, seed, image_size):
-        user, assistant = sample["messages"]
-        examples.append(VQAExample(sample["images"][0], user["content"][1]["text"], assistant["content"][0]["text"]))
-    return examples
+def evaluation_samples(num_images: int, split: str = "test", seed: int = 0, image_size: int = 48) -> list[dict]:
+    """Held-out single-word questions as [`vqa_samples`], each with its `type` (the answer kind: colour, shape,
+    count or position), which `minillava eval` breaks the accuracy down by."""
+    samples = vqa_samples(num_images, split, seed, image_size)
+    for sample in samples:
+        sample["type"] = answer_kind(sample["messages"][1]["content"][0]["text"])
+    return samples
 
 
 def answer_kind(answer: str) -> str | None:
@@ -350,18 +340,6 @@ def normalize_answer(text: str) -> str:
     if not words:
         return ""
     return _NUMBERS.get(words[0], words[0])
-
-
-def vqa_accuracy(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Exact-match accuracy after [`normalize_answer`], overall (`"accuracy"`) and per answer kind."""
-    if len(predictions) != len(references):
-        raise ValueError(f"Got {len(predictions)} predictions for {len(references)} references.")
-    hits: dict[str, list[bool]] = {"accuracy": []}
-    for prediction, reference in zip(predictions, references, strict=True):
-        hit = normalize_answer(prediction) == reference
-        hits["accuracy"].append(hit)
-        hits.setdefault(answer_kind(reference), []).append(hit)
-    return {key: sum(values) / max(len(values), 1) for key, values in hits.items()}
 
 
 def to_llava_conversations(messages: Sequence[dict]) -> list[dict[str, str]]:
@@ -382,7 +360,8 @@ def write_llava_json(
     """Write samples as LLaVA conversation JSON `output_dir/name.json` plus PNGs in `output_dir/image_folder`.
 
     Images are named by a hash of their pixels, so the samples of one image share one file. Each record's `image`
-    is relative to the image folder (LLaVA's `--image_folder`). Returns `(json_path, image_folder_path)`.
+    is relative to the image folder (LLaVA's `--image_folder`); a sample's other keys (`type`, ...) are kept.
+    Returns `(json_path, image_folder_path)`.
     """
     output_dir = Path(output_dir)
     image_dir = output_dir / image_folder
@@ -390,6 +369,7 @@ def write_llava_json(
     records = []
     for index, sample in enumerate(samples):
         record: dict[str, Any] = {"id": f"{name}-{index:06d}"}
+        record.update({key: value for key, value in sample.items() if key not in ("messages", "images")})
         images = sample.get("images") or []
         if len(images) > 1:
             raise ValueError("LLaVA conversation JSON holds at most one image per record.")
