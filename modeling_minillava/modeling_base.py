@@ -464,13 +464,15 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         return published
 
     def hub_auto_map(self) -> dict[str, str]:
-        """The `auto_map` written to `config.json`: every Auto class this model loads with."""
+        """The `auto_map` written to `config.json`: every Auto class this model loads with. `AutoModel` names this
+        generating class too, as remote-code VLMs do and as generic loaders expect (lmms-eval's `huggingface`
+        model loads a remote-code folder through `AutoModel` and calls `generate`); the headless base model is its
+        `.model`, and what `AutoModel` gives where minillava is installed and remote code is not asked for."""
         model = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
-        base = f"{self.model_class.__module__.rsplit('.', 1)[-1]}.{self.model_class.__name__}"
         config = f"{type(self.config).__module__.rsplit('.', 1)[-1]}.{type(self.config).__name__}"
         return {
             "AutoConfig": config,
-            "AutoModel": base,
+            "AutoModel": model,
             "AutoModelForImageTextToText": model,
             "AutoModelForVision2Seq": model,
             "AutoProcessor": "processing_minillava.MiniLlavaProcessor",

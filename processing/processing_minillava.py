@@ -217,8 +217,8 @@ class MiniLlavaProcessor(ProcessorMixin):
         """
         if text is None and images is None:
             raise ValueError(f"{type(self).__name__} needs `text`, `images` or both.")
-        for modality in ("videos", "audio"):
-            if kwargs.pop(modality, None):  # tools pass `videos=None` or `videos=[]`
+        for modality in ("videos", "audio", "audios"):
+            if kwargs.pop(modality, None):  # tools pass `videos=None` or `videos=[]` (lmms-eval: `audios=[]` too)
                 raise ValueError(f"{type(self).__name__} handles images and text only, not {modality}.")
         return_mm_token_type_ids = kwargs.pop("return_mm_token_type_ids", False)
         return_replacement_offsets = kwargs.pop("return_text_replacement_offsets", False)

@@ -124,6 +124,9 @@ def test_loads_without_minillava_with_same_outputs(built, python, tmp_path):
     assert (result["logits"] - expected["logits"]).abs().max() <= 1e-4
     assert result["generated"] == expected["generated"]
     assert result["pipeline_answer"] == expected["answer"]
+    # lmms-eval's generic loader (`AutoModel` with remote code) gets the generating model and the same tokens
+    assert result["generic_loader_class"].endswith("ForConditionalGeneration")
+    assert result["generic_loader_generated"] == expected["generated"]
 
 
 def test_folder_saved_under_457_loads_under_5_with_every_weight(built, tmp_path):

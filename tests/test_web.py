@@ -4,7 +4,8 @@ must not show) and slowed down per decoding step; headless Chromium, driven by S
 chromedriver, uploads an image, asks, and reads the answer as it grows in the page. Bad images (not an image, too
 large in pixels or in bytes) are refused with the reason shown in the page, and the server goes on serving.
 
-Needs Debian's `chromium` and `chromium-driver` and PyPI's `selenium` (`.ci/run` installs them); skipped without."""
+Needs Debian's `chromium` and `chromium-driver` and PyPI's `selenium` (`.ci/run` installs them); skipped without,
+except under `MINILLAVA_REQUIRE_BROWSER=1` (as `.ci/run` sets), where a missing browser fails the run."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ CHROMIUM_FLAGS = (
 MAX_IMAGE_MB = 1
 
 missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
+if missing and os.environ.get("MINILLAVA_REQUIRE_BROWSER") == "1":  # CI: the browser test must run, not skip
+    raise RuntimeError(f"MINILLAVA_REQUIRE_BROWSER=1 but {' and '.join(missing)} missing: apt-get install chromium "
+                       "chromium-driver")  # fmt: skip
 pytestmark = pytest.mark.skipif(
     bool(missing), reason=f"no {' or '.join(missing)}: apt-get install chromium chromium-driver"
 )
