@@ -47,7 +47,7 @@ metric_list:
     ignore_case: true
     ignore_punctuation: true
 """
-UTILS = '''from PIL import Image
+UTILS = """from PIL import Image
 
 
 def doc_to_visual(doc):
@@ -56,7 +56,7 @@ def doc_to_visual(doc):
 
 def doc_to_text(doc, lmms_eval_specific_kwargs=None):
     return doc["text"]
-'''
+"""
 
 
 @pytest.mark.parametrize("arch, vision", [("llava-1.5", "clip"), ("minigpt4", "blip2")])

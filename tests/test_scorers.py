@@ -348,7 +348,6 @@ def test_generic_vqa_exact_match_and_vqa_accuracy(tmp_path):
     assert results["metrics"]["exact_match"] == 100.0
 
 
-
 def test_generic_vqa_on_llava_conversation_json_per_question_type(tmp_path):
     """Training-style LLaVA JSON scores as custom VQA data: the first reply is the answer, `type`/`category` the
     question type the exact match is broken down by."""
@@ -377,6 +376,7 @@ def test_generic_vqa_on_llava_conversation_json_per_question_type(tmp_path):
     one_turn = write_json(tmp_path / "one_turn.json", [{"id": 1, "conversations": [{"from": "human", "value": "Q"}]}])
     with pytest.raises(EvalFileError, match=r"one_turn\.json: record 1: 'conversations' needs a second turn"):
         evaluate("vqa", answers, one_turn)
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # GQA
