@@ -227,10 +227,10 @@ class Meter:
 
         class Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, model=None, **kwargs):
-                from minillava.train.demo.run import _reset_peak_memory, peak_memory_mb
+                from minillava.train.compare.run import peak_memory_mb, reset_peak_memory
 
                 model.register_forward_pre_hook(meter.count, with_kwargs=True)
-                _reset_peak_memory()
+                reset_peak_memory()
                 meter.start_memory_mb = peak_memory_mb()
 
             def on_log(self, args, state, control, logs=None, **kwargs):
@@ -238,7 +238,7 @@ class Meter:
                     meter.losses.append(float(logs["loss"]))
 
             def on_train_end(self, args, state, control, **kwargs):
-                from minillava.train.demo.run import peak_memory_mb
+                from minillava.train.compare.run import peak_memory_mb
 
                 meter.peak_memory_mb = peak_memory_mb()
                 meter.steps = state.global_step

@@ -104,18 +104,29 @@ def test_connector_sizes_are_each_architectures_own(compared):
         assert results["archs"][arch]["stages"]["align"]["trainable_parameters"] == expected[arch], arch
 
 
-def test_without_captions_only_stage_2_runs(tmp_path):
+def test_without_captions_only_stage_2_runs_and_a_rerun_replaces_it_only_when_asked(tmp_path):
     parts = save_parts(tmp_path / "parts")
     data, images = write_llava_dataset(tmp_path / "instruct", records=typed_records("train", 4))
-    results = main([
+    argv = [
         "--data", str(data), "--image_folder", str(images), "--eval_data", str(data),
         "--text_model", parts["llama"], "--llava_vision", parts["clip"], "--archs", "llava-1.5",
         "--instruct_recipe", "tiny-cpu-instruct", "--budget", "1steps", "--eval_before", "false",
         "--output_dir", str(tmp_path / "out"), "--max_new_tokens", "2",
-    ])  # fmt: skip
+    ]  # fmt: skip
+    results = main(argv)
     assert list(results["archs"]) == ["llava-1.5"]
     assert list(results["archs"]["llava-1.5"]["stages"]) == ["instruct"]
     assert not (tmp_path / "out" / "llava-1.5" / "align").exists()
+    answers = tmp_path / "out" / "llava-1.5" / "eval" / "instruct" / "answers.jsonl"
+    # an earlier comparison's answers must not be resumed as the new models': refused, or replaced on request
+    with pytest.raises(
+        FileExistsError, match=r"out holds an earlier comparison \(llava-1.5, compare.json, compare.png\)"
+    ):
+        main([*argv, "--budget", "2steps"])
+    answers.write_text('{"question_id": "train-0", "text": "stale"}\n')
+    results = main([*argv, "--budget", "2steps", "--overwrite_output_dir", "true"])
+    assert results["archs"]["llava-1.5"]["stages"]["instruct"]["steps"] == 2
+    assert "stale" not in answers.read_text() and len(answers.read_text().splitlines()) == 4
 
 
 @pytest.mark.parametrize(

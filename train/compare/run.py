@@ -23,6 +23,7 @@ import json
 import logging
 import resource
 import shlex
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,6 +92,9 @@ class CompareArguments:
     eval_batch_size: int = field(default=32, metadata={"help": "Questions answered per batch."})
     max_new_tokens: int = field(default=32, metadata={"help": "Longest answer generated."})
     eval_limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N questions only."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the models, answers and results of an earlier comparison there."}
+    )
 
     def archs_list(self) -> list[str]:
         return parse_archs(self.archs)
@@ -108,7 +112,7 @@ class CompareArguments:
 # measuring
 
 
-def _reset_peak_memory() -> None:
+def reset_peak_memory() -> None:
     """Resets the peak of this process's resident memory (Linux) and of the CUDA allocator, so each stage reports
     its own peak."""
     import torch
@@ -187,7 +191,7 @@ def train_stage(
     if budget:
         budget.apply(training_args)
     callbacks = budget.callbacks() if budget else []
-    _reset_peak_memory()
+    reset_peak_memory()
     started = time.perf_counter()
     trainer, metrics = train(script_args, training_args, model_args, callbacks=callbacks)
     seconds = time.perf_counter() - started
@@ -253,6 +257,7 @@ def compare(args: CompareArguments) -> dict[str, Any]:
         if path is not None and Path(path).suffix in (".json", ".jsonl") and not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such file")
     output_dir = Path(args.output_dir)
+    clear_earlier_comparison(output_dir, archs, args.overwrite_output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     settings = {
@@ -270,6 +275,25 @@ def compare(args: CompareArguments) -> dict[str, Any]:
     print_table(results)
     print(f"\n{results['minutes']:.1f} min; results in {output_dir / RESULTS_NAME} and {output_dir / PLOT_NAME}")
     return results
+
+
+def clear_earlier_comparison(output_dir: Path, archs: list[str], overwrite: bool) -> None:
+    """Refuses an `output_dir` that holds an earlier comparison (its answers would be resumed as if they were the new
+    models'), unless `overwrite`: then its architecture folders and results go first. Nothing else there is touched."""
+    earlier = [output_dir / name for name in (*archs, RESULTS_NAME, PLOT_NAME) if (output_dir / name).exists()]
+    if not earlier:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{output_dir} holds an earlier comparison ({', '.join(path.name for path in earlier)}): pass "
+            "--overwrite_output_dir true to replace it, or choose another --output_dir"
+        )
+    for path in earlier:
+        logger.info("Replacing the earlier %s", path)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -295,5 +319,6 @@ __all__ = [
     "main",
     "parse_archs",
     "peak_memory_mb",
+    "reset_peak_memory",
     "train_stage",
 ]

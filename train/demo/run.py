@@ -95,6 +95,7 @@ def compare_arguments(args: DemoArguments, parts: dict[str, Path], files: dict[s
         instruct_recipe="demo-instruct",
         seed=args.seed,
         max_new_tokens=8,
+        overwrite_output_dir=True,  # a rerun of the demo replaces the earlier one
     )
 
 
