@@ -129,6 +129,23 @@ def test_without_captions_only_stage_2_runs_and_a_rerun_replaces_it_only_when_as
     assert "stale" not in answers.read_text() and len(answers.read_text().splitlines()) == 4
 
 
+def test_a_lora_stage_2_is_compared_through_its_adapter(tmp_path):
+    """`--instruct_args` reach `minillava sft`: with LoRA, stage 2 saves an adapter, which is what gets evaluated."""
+    parts = save_parts(tmp_path / "parts")
+    data, images = write_llava_dataset(tmp_path / "instruct", records=typed_records("train", 4))
+    results = main([
+        "--data", str(data), "--image_folder", str(images), "--eval_data", str(data),
+        "--text_model", parts["llama"], "--minigpt4_vision", parts["blip2"], "--archs", "minigpt4",
+        "--instruct_recipe", "tiny-cpu-instruct", "--budget", "1steps", "--eval_before", "false",
+        "--instruct_args", "--use_peft true --lora_r 4 --lora_alpha 8",
+        "--output_dir", str(tmp_path / "out"), "--max_new_tokens", "2",
+    ])  # fmt: skip
+    column = results["archs"]["minigpt4"]
+    assert (tmp_path / "out" / "minigpt4" / "instruct" / "adapter_config.json").is_file()
+    assert 0 < column["stages"]["instruct"]["trainable_parameters"] < column["total_parameters"] / 2
+    assert column["stages"]["instruct"]["eval_questions"] == 4
+
+
 @pytest.mark.parametrize(
     "spec, expected",
     [("2epochs", Budget(2, "epochs")), ("500 steps", Budget(500, "steps")), ("1epoch", Budget(1, "epochs")),

@@ -138,20 +138,25 @@ def peak_memory_mb() -> float:
 
 
 def evaluate_stage(args: CompareArguments, model_dir: Path, output_dir: Path) -> dict[str, Any]:
-    """`minillava eval --benchmark vqa` of `model_dir` on `args.eval_data`: accuracy (%) overall and per type."""
+    """`minillava eval --benchmark vqa` of `model_dir` (a model, or the LoRA adapter a PEFT stage saves) on
+    `args.eval_data`: accuracy (%) overall and per type."""
+    from ..chat.terminal import load_chat_model
     from ..eval.run import evaluate_model
 
     started = time.perf_counter()
+    model, processor = load_chat_model(str(model_dir))
     results = evaluate_model(
-        str(model_dir),
+        model,
         "vqa",
         args.eval_data,
         args.eval_image_folder or args.image_folder,
         output_dir,
         batch_size=args.eval_batch_size,
+        processor=processor,
         max_new_tokens=args.max_new_tokens,
         limit=args.eval_limit,
     )
+    del model
     metrics = results.get("metrics", {})
     return {
         "accuracy": results["overall"],
@@ -170,10 +175,12 @@ def train_stage(
     from ..training.recipes import resolve_recipe
     from ..training.sft import make_parser, train
 
-    data, image_folder = (args.captions, args.caption_image_folder or args.image_folder) if stage == "align" else (
-        args.data, args.image_folder)  # fmt: skip
-    recipe, extra = (args.align_recipe, args.align_args) if stage == "align" else (args.instruct_recipe,
-                                                                                     args.instruct_args)  # fmt: skip
+    if stage == "align":
+        data, image_folder = args.captions, args.caption_image_folder or args.image_folder
+        recipe, extra = args.align_recipe, args.align_args
+    else:
+        data, image_folder = args.data, args.image_folder
+        recipe, extra = args.instruct_recipe, args.instruct_args
     argv = [
         "--config", resolve_recipe(recipe),
         "--stage", stage,
