@@ -27,7 +27,8 @@ def generic_loader_answer(path: str, image) -> dict:
     called with empty `videos` and `audios` and a padding side, `generate` with the tokenizer's eos and pad ids, and
     `batch_decode` of the new tokens. Float32 here where it asks for bfloat16 on its GPUs."""
     transformers.AutoConfig.from_pretrained(path, trust_remote_code=True)
-    model = transformers.AutoModel.from_pretrained(path, trust_remote_code=True, torch_dtype=torch.float32).eval()
+    dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"  # it passes torch_dtype
+    model = transformers.AutoModel.from_pretrained(path, trust_remote_code=True, **{dtype_key: torch.float32}).eval()
     processor = transformers.AutoProcessor.from_pretrained(path, trust_remote_code=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=True)
     messages = [{"role": "user", "content": [{"type": "image", "image": image},
