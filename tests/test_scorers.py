@@ -152,6 +152,25 @@ def test_vqa_accuracy_normalises_both_sides():
     assert vqa_accuracy("The Dog", ["dog"] * 10) == 1.0
 
 
+@pytest.mark.parametrize("matches", [0, 1, 2, 3, 4, 10])
+def test_vqa_server_accuracy_by_hand(matches):
+    # the same leave-one-out average as above on answers the server's processing leaves alone
+    humans = ["red"] * matches + ["blue"] * (10 - matches)
+    assert scorers.vqa_server_accuracy("Red.", humans) == pytest.approx(min(1.0, 0.3 * matches))
+
+
+def test_vqa_server_accuracy_leaves_human_answers_as_vqaEval_does():
+    # vqaEval.py normalises the submitted answer fully but the human answers only through processPunctuation, and
+    # only where they disagree: "two" stays "two" while the answer becomes "2"
+    assert scorers.vqa_server_accuracy("two", ["two"] * 10) == 0.0
+    assert vqa_accuracy("two", ["two"] * 10) == 1.0
+    # "red!" -> "red " (the mark touches no space, so it becomes one) and never matches "red"
+    assert scorers.vqa_server_accuracy("red", ["red!"] * 9 + ["blue"]) == 0.0
+    # all ten alike: not even punctuation is touched, and case is kept
+    assert scorers.vqa_server_accuracy("yes", ["Yes"] * 10) == 0.0
+    assert scorers.vqa_server_accuracy("yes", ["Yes"] * 9 + ["yes"]) == pytest.approx(0.3)
+
+
 def textvqa_fixture(tmp_path):
     data = {
         "dataset_name": "textvqa",

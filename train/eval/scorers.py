@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -147,20 +147,37 @@ def normalize_answer(text: str) -> str:
     return _process_digits_and_articles(_process_punctuation(text))
 
 
-def vqa_accuracy(prediction: str, human_answers: Iterable[str]) -> float:
-    """VQA accuracy of one prediction: min(1, #humans who gave it / 3), averaged over the subsets of the human answers
-    that leave one out (the 10 choose 9 subsets of VQA's 10 answers); both sides normalised."""
-    predicted = normalize_answer(prediction)
-    matches = [normalize_answer(answer) == predicted for answer in human_answers]
+def _leave_one_out(matches: list[bool]) -> float:
+    """min(1, matching human answers / 3), averaged over the subsets that leave one human answer out."""
     if not matches:
         raise ValueError("no human answers to score against")
     total = sum(matches)
     return sum(min(1.0, (total - left_out) / 3) for left_out in matches) / len(matches)
 
 
+def vqa_accuracy(prediction: str, human_answers: Iterable[str]) -> float:
+    """VQA accuracy of one prediction: min(1, #humans who gave it / 3), averaged over the subsets of the human answers
+    that leave one out (the 10 choose 9 subsets of VQA's 10 answers); both sides normalised."""
+    predicted = normalize_answer(prediction)
+    return _leave_one_out([normalize_answer(answer) == predicted for answer in human_answers])
+
+
 def exact_match(prediction: str, answers: Iterable[str]) -> bool:
     """Whether the normalised prediction equals one of the normalised answers."""
     return normalize_answer(prediction) in {normalize_answer(answer) for answer in answers}
+
+
+def vqa_server_accuracy(prediction: str, human_answers: Iterable[str]) -> float:
+    """VQA accuracy as the VQAv2 evaluation server scores an answer from LLaVA's submission file: the answer
+    [`normalize_answer`]ed (as `convert_vqav2_for_submission.py` writes it), then processed again by the official
+    `vqaEval.py` (punctuation, number words, articles, contractions); the human answers only stripped of punctuation,
+    and only where they disagree; min(1, matches / 3) averaged over the leave-one-out subsets."""
+    predicted = normalize_answer(prediction).replace("\n", " ").replace("\t", " ").strip()
+    predicted = _process_digits_and_articles(_process_punctuation(predicted))
+    answers = list(human_answers)
+    if len(set(answers)) > 1:
+        answers = [_process_punctuation(answer) for answer in answers]
+    return _leave_one_out([answer == predicted for answer in answers])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -266,7 +283,12 @@ def _breakdown(groups: Mapping[str, list[float]]) -> dict[str, float]:
 # VQAv2, TextVQA, VizWiz, custom VQA
 
 
-def _score_vqa(predictions: Mapping, annotations: Mapping[str, VQAAnnotation], skip_missing: bool) -> dict[str, Any]:
+def _score_vqa(
+    predictions: Mapping,
+    annotations: Mapping[str, VQAAnnotation],
+    skip_missing: bool,
+    accuracy: Callable[[str, Iterable[str]], float] = vqa_accuracy,
+) -> dict[str, Any]:
     predictions = _canonical(predictions)
     scores: list[float] = []
     per_type: dict[str, list[float]] = defaultdict(list)
@@ -275,7 +297,7 @@ def _score_vqa(predictions: Mapping, annotations: Mapping[str, VQAAnnotation], s
         scored, text = lookup(key)
         if not scored:
             continue
-        score = 0.0 if text is None else vqa_accuracy(text, annotation.answers)
+        score = 0.0 if text is None else accuracy(text, annotation.answers)
         scores.append(score)
         if annotation.answer_type is not None:
             per_type[annotation.answer_type].append(score)
@@ -287,14 +309,11 @@ def _score_vqa(predictions: Mapping, annotations: Mapping[str, VQAAnnotation], s
 
 
 def score_vqav2(predictions: Mapping, annotations: Mapping[str, VQAAnnotation], skip_missing: bool = False) -> dict:
-    """VQAv2: VQA accuracy (%) over the annotated questions, and per answer type (yes/no, number, other).
-
-    Predictions and human answers both go through [`normalize_answer`], as LLaVA's `m4c_evaluator` does. The
-    official `vqaEval.py` normalises the prediction the same way but only strips punctuation from the human
-    answers (and only where they disagree): the two differ only on a human answer that holds a number word, an
-    article or an apostrophe-less contraction.
-    """
-    return _score_vqa(predictions, annotations, skip_missing)
+    """VQAv2: VQA accuracy (%) over the annotated questions, and per answer type (yes/no, number, other), as the
+    evaluation server computes it on LLaVA's submission file ([`vqa_server_accuracy`]: the official `vqaEval.py`).
+    It differs from TextVQA's symmetric normalisation only on human answers that hold a number word, an article or
+    an apostrophe-less contraction (VQAv2's own annotations are already normalised)."""
+    return _score_vqa(predictions, annotations, skip_missing, accuracy=vqa_server_accuracy)
 
 
 def score_textvqa(predictions: Mapping, annotations: Mapping[str, VQAAnnotation], skip_missing: bool = False) -> dict:
@@ -609,4 +628,5 @@ __all__ = [
     "score_vqa",
     "score_vqav2",
     "vqa_accuracy",
+    "vqa_server_accuracy",
 ]
