@@ -12,6 +12,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import subprocess
 import sys
 import termios
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_server import TOKEN, USER, client_env, serve_hub
 from PIL import Image
 from sft_helpers import build_tiny_models
 from test_eval_run import save_scripted
@@ -302,9 +304,12 @@ def test_chat_streams_and_runs_its_commands_through_a_terminal(models, images, t
 # through piped input
 
 
-def run_piped(args: list[str], lines: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_piped(
+    args: list[str], lines: list[str], cwd: Path, timeout: float = 120, hub_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`minillava ARGS` fed `lines` on standard input; offline unless `hub_env` (`client_env`) names a Hub."""
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(hub_env or {"HF_HUB_OFFLINE": "1"}, TOKENIZERS_PARALLELISM="false")
     return subprocess.run(
         command(*args),
         input="".join(line + "\n" for line in lines),
@@ -373,6 +378,31 @@ def test_a_peft_adapter_folder_is_a_model(models, images, tmp_path):
     assert type(model).__name__ == "PeftModel" and processor.image_processor is not None
     conversation = Conversation()
     assert "".join(ChatModel(model, processor).reply(conversation, "Hi")) == ADAPTER_ANSWER
+
+
+def test_a_peft_adapter_on_the_hub_is_a_model(models, images, tmp_path):
+    """The adapter and its base pushed to the Hub (the local one, with the real client), the adapter's config naming
+    the base by Hub id: `minillava chat USER/ADAPTER` loads the base from the Hub, applies the adapter and answers
+    as from the folder."""
+    from huggingface_hub import HfApi
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(models["adapter"], adapter)
+    base_id, adapter_id = f"{USER}/chat-base", f"{USER}/chat-adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": base_id}))
+    with serve_hub(tmp_path / "hub", lfs=False) as endpoint:
+        api = HfApi(endpoint=endpoint, token=TOKEN)
+        for repo_id, folder in ((base_id, models["llava"]), (adapter_id, adapter)):
+            api.create_repo(repo_id)
+            api.upload_folder(repo_id=repo_id, folder_path=str(folder))
+        hub_env = client_env(endpoint, tmp_path / "hf-home")
+        result = run_piped(
+            ["chat", adapter_id, "--image", str(images["red"])], ["What is it?"], tmp_path, hub_env=hub_env
+        )
+    assert result.returncode == 0, result.stderr
+    assert "PEFT adapter" in result.stdout and base_id in result.stdout
+    assert assistant_lines(result.stdout) == [ADAPTER_ANSWER]
 
 
 def test_load_in_4bit_quantizes_the_language_model_only(models, images, tmp_path):

@@ -743,7 +743,8 @@ def describe(chat: ChatModel, args: argparse.Namespace) -> str:
     kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     notes = [kind]
     if type(model).__name__.startswith("Peft"):
-        notes.append("PEFT adapter")
+        base = model.peft_config[model.active_adapter].base_model_name_or_path
+        notes.append(f"PEFT adapter on {base}")
     if args.load_in_4bit:
         notes.append("language model in 4-bit")
     notes.append(
