@@ -78,6 +78,24 @@ def assert_nothing_unsafe_pushed(api, tmp_path) -> None:
         assert SECRET.encode() not in open(path, "rb").read(), f"{name} holds the token"
 
 
+def test_retries_count_their_attempts_and_refusals_are_not_retried():
+    from minillava.train.hub.push import with_retries
+
+    calls = []
+
+    def fail(error):
+        calls.append(error)
+        raise error
+
+    with pytest.raises(PermissionError) as refused:
+        with_retries(lambda: fail(PermissionError("403 Forbidden")), "Pushing", retries=5, backoff=0.0)
+    assert len(calls) == 1 and refused.value.attempts == 1
+    calls.clear()
+    with pytest.raises(ConnectionError) as dropped:
+        with_retries(lambda: fail(ConnectionError("reset")), "Pushing", retries=2, backoff=0.0)
+    assert len(calls) == 3 and dropped.value.attempts == 3
+
+
 def test_pushes_are_retried_through_500_503_429_and_dropped_connections(workdir, tmp_path):
     from huggingface_hub import HfApi
 

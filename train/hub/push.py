@@ -13,6 +13,7 @@ pickles (`*.bin`, `*.pt`, `*.pth`, `*.pkl`: optimizer, scheduler and RNG states 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import logging
 import sys
@@ -86,7 +87,8 @@ def retry_delay(error: BaseException, attempt: int, backoff: float) -> float | N
 
 def with_retries(call: Callable[[], Any], what: str, retries: int = 10, backoff: float = 2.0) -> Any:
     """`call()`, repeated up to `retries` more times while it fails with a transient Hub error (see
-    [`retry_delay`]); every failed attempt is logged. The last error is raised."""
+    [`retry_delay`]); every failed attempt is logged. The last error is raised, its `attempts` saying how many
+    calls were made."""
     attempt = 0
     while True:
         try:
@@ -94,6 +96,8 @@ def with_retries(call: Callable[[], Any], what: str, retries: int = 10, backoff:
         except Exception as error:
             delay = retry_delay(error, attempt, backoff)
             if delay is None or attempt == retries:
+                with contextlib.suppress(AttributeError):  # an exception type with __slots__ takes no attribute
+                    error.attempts = attempt + 1
                 raise
             logger.warning(
                 "%s failed (attempt %d of %d: %s); retrying in %.1f s.", what, attempt + 1, retries + 1, error, delay

@@ -369,10 +369,12 @@ class MiniLlavaSFTTrainer(SFTTrainer):
         error = job.exception()
         if error is not None:
             self.failed_pushes.append(f"{what}: {error}")
+            attempts = getattr(error, "attempts", None)
             logger.error(
-                "Push failed (%s) after %d attempts: %s. The files stay in %s; the next push, or `minillava push %s "
-                "--hub_model_id %s`, uploads them.",
-                what, self.hub_push_retries + 1, error, self.args.output_dir, self.args.output_dir, self.hub_model_id,
+                "Push failed (%s)%s: %s. The files stay in %s; the next push, or `minillava push %s --hub_model_id "
+                "%s`, uploads them.",
+                what, f" after {attempts} attempts" if attempts and attempts > 1 else "", error,
+                self.args.output_dir, self.args.output_dir, self.hub_model_id,
             )  # fmt: skip
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
