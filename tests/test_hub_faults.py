@@ -143,6 +143,9 @@ def test_a_hub_that_stays_down_is_reported_and_minillava_push_finishes_later(wor
         assert f"minillava push {out} --hub_model_id {REPO_ID}" in result["stderr"]
         failed = [message for message in result["log"] if message.startswith("Push failed")]
         assert any("model at step 2" in message for message in failed), result["log"]
+        # each failed on the Hub's 503 after its retries: with hub_always_push a push waits for the one before it,
+        # so no upload ever reads a file that the next checkpoint is replacing (which fails its hash check)
+        assert all("after 3 attempts" in message for message in failed), failed
         assert {"model.safetensors", "config.json", "README.md", "training_args.json"} <= {
             p.name for p in out.iterdir()
         }

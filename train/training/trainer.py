@@ -380,7 +380,9 @@ class MiniLlavaSFTTrainer(SFTTrainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """As the Trainer's push during training (the model files of the checkpoint copied to `output_dir`, uploaded
         in the background; with `hub_strategy` checkpoint / all_checkpoints, the checkpoint folder too), with the code
-        files, without pickles (the optimizer, scheduler and RNG states stay local), retried, failures reported."""
+        files, without pickles (the optimizer, scheduler and RNG states stay local), retried, failures reported.
+        With `hub_always_push`, a push still reading `output_dir` is waited for before its files are replaced (a
+        file changed under an upload fails its hash check or mixes two steps in one commit)."""
         if self._staging_root is not None:  # inside a checkpoint save: pushed once the checkpoint is renamed
             self._deferred_push = checkpoint_folder
             return
@@ -388,6 +390,7 @@ class MiniLlavaSFTTrainer(SFTTrainer):
             return
         if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
             return
+        self._finish_current_push()
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         output_dir = Path(self.args.output_dir)
         for file in Path(checkpoint_folder).iterdir():
@@ -426,12 +429,12 @@ class MiniLlavaSFTTrainer(SFTTrainer):
             self.args.hub_token, self._hub_api = token, None
         if self.hub_model_id is None:
             self.init_hf_repo(token=token)
+        self._finish_current_push()  # before output_dir is rewritten: a push during training may still read it
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
         model_name = kwargs.pop("model_name", None) or (self.args.hub_model_id or self.args.output_dir).split("/")[-1]
         self.create_model_card(model_name=model_name, **kwargs)
-        self._finish_current_push()
         message = commit_message or "End of training"
         if blocking:
             return self._upload(self.args.output_dir, message, revision=revision)
