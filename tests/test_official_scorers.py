@@ -15,6 +15,7 @@ that release's `eval_science_qa.py` and LLaVA's current one agree (the current o
 as ". " and takes a final "The answer is X" without a period; `parse_scienceqa_answer` follows it, see
 test_scorers.py)."""
 
+import functools
 import importlib.util
 import json
 import os
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_scorers import SHORT, answers_file, write_json, write_jsonl
 
 from minillava.train.eval import evaluate, formats, normalize_answer, scorers, vqa_accuracy, write_vqav2_submission
 
@@ -34,7 +36,6 @@ pytestmark = pytest.mark.skipif(
     not OFFICIAL,
     reason="MINILLAVA_OFFICIAL_EVAL_CODE is not set: no folder with the published scoring code (see .ci/run)",
 )
-SHORT = "Answer the question using a single word or phrase."
 
 # Spellings a model or a human annotator gives, each a trap for some step of the processing.
 SPELLINGS = [
@@ -52,16 +53,6 @@ HUMAN = [
 ]  # fmt: skip
 
 
-def write_json(path, data):
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-    return path
-
-
 def official_file(relative: str) -> Path:
     path = Path(OFFICIAL) / relative
     if not path.is_file():
@@ -72,6 +63,7 @@ def official_file(relative: str) -> Path:
     return path
 
 
+@functools.cache
 def official_module(relative: str):
     """A module of the published code, loaded from its file (its package's `__init__` is not run)."""
     path = official_file(relative)
@@ -98,17 +90,6 @@ def run_official_script(relative: str, *args) -> str:
     )
     assert result.returncode == 0, f"{relative} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
-
-
-def llava_answers(path, records):
-    """LLaVA's answer JSONL: `question_id`, `prompt`, `text` (and the fields its scripts ignore)."""
-    return write_jsonl(
-        path,
-        [
-            {"question_id": qid, "prompt": prompt, "text": text, "answer_id": f"a{i}", "model_id": "m", "metadata": {}}
-            for i, (qid, prompt, text) in enumerate(records)
-        ],
-    )
 
 
 def human_answers(rng: random.Random) -> list[str]:
@@ -198,7 +179,7 @@ def test_vqav2_equals_official_vqa_eval_on_the_submission_file(tmp_path):
     annotation_file, question_file, llava_question_file, raw = vqav2_files(tmp_path, rng)
     # a few questions left unanswered: the submission says "" for them, as convert_vqav2_for_submission.py does
     answered = {qid: item for qid, item in raw.items() if qid % 37}
-    answers = llava_answers(tmp_path / "answers.jsonl", [(qid, p, t) for qid, (p, t) in answered.items()])
+    answers = answers_file(tmp_path / "answers.jsonl", [(qid, t, p) for qid, (p, t) in answered.items()])
     submission = tmp_path / "submission.json"
     write_vqav2_submission(answers, llava_question_file, submission)
 
@@ -250,9 +231,9 @@ def test_textvqa_equals_llava_eval_textvqa(tmp_path):
             prompt = f"Reference OCR token: DAKOTA\n{question}\n{SHORT}"
         else:
             prompt = f"{question}\n{SHORT}"
-        records.append((image_id, prompt, prediction(rng, answers)))
+        records.append((image_id, prediction(rng, answers), prompt))
     annotation_file = write_json(tmp_path / "TextVQA_0.5.1_val.json", {"dataset_name": "textvqa", "data": data})
-    answers = llava_answers(tmp_path / "llava-v1.5.jsonl", records)
+    answers = answers_file(tmp_path / "llava-v1.5.jsonl", records)
 
     printed = run_official_script(
         "llava/eval/eval_textvqa.py", "--annotation-file", annotation_file, "--result-file", answers
@@ -289,10 +270,10 @@ def test_pope_equals_llava_eval_pope(tmp_path):
             # LLaVA's llava_pope_test.jsonl: one id space over the three splits, `category` naming the split
             question_id = 10000 * offset + number
             questions.append({"question_id": question_id, "image": image, "text": text, "category": split})
-            records.append((question_id, text, rng.choice(POPE_ANSWERS)))
+            records.append((question_id, rng.choice(POPE_ANSWERS), text))
         write_jsonl(annotations / f"coco_pope_{split}.json", labels)
     question_file = write_jsonl(tmp_path / "llava_pope_test.jsonl", questions)
-    answers = llava_answers(tmp_path / "answers.jsonl", records)
+    answers = answers_file(tmp_path / "answers.jsonl", records)
 
     printed = run_official_script(
         "llava/eval/eval_pope.py",
@@ -368,10 +349,10 @@ def test_scienceqa_equals_llava_eval_science_qa(tmp_path):
             "hint": "",
         }
         prompt = ("<image>\n" if has_image else "") + f"Question {number}?\nA. choice 0\nB. choice 1"
-        records.append((pid, prompt, science_answer(rng, "ABCDE"[problems[pid]["answer"]])))
+        records.append((pid, science_answer(rng, "ABCDE"[problems[pid]["answer"]]), prompt))
     write_json(base / "problems.json", problems)
     write_json(base / "pid_splits.json", {"train": [], "val": [], "test": list(problems)})
-    answers = llava_answers(tmp_path / "answers.jsonl", records)
+    answers = answers_file(tmp_path / "answers.jsonl", records)
 
     printed = run_official_script(
         "llava/eval/eval_science_qa.py",
@@ -385,7 +366,7 @@ def test_scienceqa_equals_llava_eval_science_qa(tmp_path):
         tmp_path / "result.json",
     )
     official = json.loads((tmp_path / "result.json").read_text())
-    parsed = {pid: scorers.parse_scienceqa_answer(text, len(problems[pid]["choices"])) for pid, _, text in records}
+    parsed = {pid: scorers.parse_scienceqa_answer(text, len(problems[pid]["choices"])) for pid, text, _ in records}
     assert parsed == official["results"]
     ours = evaluate("scienceqa", answers, base)
     assert ours["metrics"]["accuracy"] == pytest.approx(official["acc"], abs=1e-9)

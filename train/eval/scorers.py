@@ -172,8 +172,7 @@ def vqa_server_accuracy(prediction: str, human_answers: Iterable[str]) -> float:
     [`normalize_answer`]ed (as `convert_vqav2_for_submission.py` writes it), then processed again by the official
     `vqaEval.py` (punctuation, number words, articles, contractions); the human answers only stripped of punctuation,
     and only where they disagree; min(1, matches / 3) averaged over the leave-one-out subsets."""
-    predicted = normalize_answer(prediction).replace("\n", " ").replace("\t", " ").strip()
-    predicted = _process_digits_and_articles(_process_punctuation(predicted))
+    predicted = _process_digits_and_articles(_process_punctuation(normalize_answer(prediction)))
     answers = list(human_answers)
     if len(set(answers)) > 1:
         answers = [_process_punctuation(answer) for answer in answers]

@@ -464,7 +464,6 @@ def _train(script_args, training_args, model_args, train_dataset, callbacks):
         resume_from_checkpoint=resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     )
     trainer.run_info["num_skipped"] = len(collator.skip_report().skipped)  # with those that failed to decode
-    trainer._finish_current_push()  # the pushes during training read output_dir, rewritten from here on
     trainer.save_loss_curve()  # loss_curve.png next to the model: pushed with it, shown in its card
     if training_args.push_to_hub:
         try:

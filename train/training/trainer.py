@@ -462,6 +462,7 @@ class MiniLlavaSFTTrainer(SFTTrainer):
         process; returns its path, or None where nothing was written (see [`save_loss_curve`])."""
         if not self.args.should_save:
             return None
+        self._finish_current_push()  # a push during training may still read output_dir
         name = self.args.hub_model_id or Path(self.args.output_dir).name
         title = f"{name}: stage {self.run_info.get('stage', 'instruct')}, loss per step"
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
